@@ -1,0 +1,89 @@
+"""Command line: `bulkjobs serve` runs the service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import attrs
+
+from .config import ENV_PREFIX, Settings
+
+#: (flag, settings field, help)
+SERVE_FLAGS: list[tuple[str, str, str]] = [
+    ("--host", "host", "interface to bind"),
+    ("--port", "port", "TCP port"),
+    ("--db", "db_path", "SQLite file for jobs (and the demo's orders)"),
+    ("--workers", "workers", "number of worker coroutines"),
+    ("--app", "app", "operations to serve, as module:registry"),
+    ("--base-path", "base_path", "URL prefix for every route, e.g. /api"),
+    ("--max-body-bytes", "max_body_bytes", "largest accepted request body"),
+    ("--max-items", "max_items", "most items in one job"),
+    ("--max-pending-items", "max_pending_items", "items waiting across all jobs before 503"),
+    ("--default-ttl-s", "default_ttl_s", "how long finished jobs are kept, by default"),
+    ("--shutdown-grace-s", "shutdown_grace_s", "how long SIGTERM waits for items in flight"),
+    ("--sqlite-synchronous", "sqlite_synchronous", "NORMAL (crash-safe) or FULL (power-safe)"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bulkjobs", description="Bulk operations as jobs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP service",
+        description="Run the service. Every flag can also be set by its environment variable.",
+    )
+    defaults = Settings()
+    fields = {f.name: f for f in attrs.fields(Settings)}
+    for flag, name, text in SERVE_FLAGS:
+        env = ENV_PREFIX + name.upper()
+        default = getattr(defaults, name)
+        serve.add_argument(
+            flag,
+            dest=name,
+            type=type(fields[name].default),
+            default=None,
+            help=f"{text} (env {env}, default {default!r})",
+        )
+    serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .web import create_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    overrides = {name: getattr(args, name) for _, name, _ in SERVE_FLAGS}
+    try:
+        settings = Settings.from_env(**overrides)
+    except (ValueError, TypeError) as exc:
+        print(f"bulkjobs: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(settings)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_grace_s,
+        access_log=None,
+        print=lambda msg: logging.getLogger("bulkjobs").info("%s", msg.strip()),
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

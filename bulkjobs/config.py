@@ -1,0 +1,72 @@
+"""Settings for one bulkjobs process: every flag, its environment variable, its default."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+ENV_PREFIX = "BULKJOBS_"
+
+
+@attrs.frozen
+class Settings:
+    """Everything a running service needs to know; built by `from_env` or the CLI."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    db_path: str = "bulkjobs.sqlite3"
+    workers: int = 4
+    app: str = "bulkjobs.demo:registry"
+    base_path: str = ""
+    # intake limits
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_items: int = 1_000_000
+    max_pending_items: int = 5_000_000
+    # retention
+    default_ttl_s: int = 7 * 24 * 3600
+    min_ttl_s: int = 60
+    max_ttl_s: int = 90 * 24 * 3600
+    # scheduling and group commit
+    queue_chunks: int = 0  # 0 = 2 x workers
+    commit_max_rows: int = 2000
+    commit_linger_ms: float = 5.0
+    load_page_items: int = 2000
+    # lifecycle
+    shutdown_grace_s: float = 10.0
+    cancel_wait_s: float = 5.0
+    sqlite_synchronous: str = attrs.field(
+        default="NORMAL", validator=attrs.validators.in_({"OFF", "NORMAL", "FULL", "EXTRA"})
+    )
+    busy_timeout_ms: int = 10_000
+    retry_after_s: int = 1
+
+    @property
+    def queue_size(self) -> int:
+        return self.queue_chunks or 2 * self.workers
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then `BULKJOBS_*` environment variables, then explicit overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is not None and raw != "":
+                values[field.name] = _coerce(field, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _coerce(field: attrs.Attribute[Any], raw: str) -> Any:
+    kind: type[Any] = type(field.default)
+    if kind is bool:
+        return raw.lower() in {"1", "true", "yes", "on"}
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError(f"{ENV_PREFIX}{field.name.upper()} must be a number") from None
+    return raw

@@ -1,0 +1,143 @@
+"""One small hierarchy of domain errors and the catalog of every problem code.
+
+Core code raises `BulkJobsError` subclasses; the web layer maps them to RFC 9457
+problems in one place. The catalog is the single source of truth for codes, their
+HTTP status and their meaning (the README table is generated from it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class ProblemType:
+    code: str
+    status: int
+    title: str
+    description: str
+
+
+CATALOG: dict[str, ProblemType] = {
+    p.code: p
+    for p in (
+        ProblemType("malformed_json", 400, "Malformed JSON", "The request body is not valid JSON."),
+        ProblemType(
+            "invalid_request",
+            400,
+            "Invalid request",
+            "A query parameter or header has a value the endpoint does not accept.",
+        ),
+        ProblemType(
+            "invalid_cursor", 400, "Invalid cursor", "The pagination cursor is malformed or stale."
+        ),
+        ProblemType("not_found", 404, "Not found", "No such resource."),
+        ProblemType("job_not_found", 404, "Job not found", "No job with this id exists."),
+        ProblemType(
+            "method_not_allowed", 405, "Method not allowed", "The resource does not allow it."
+        ),
+        ProblemType(
+            "job_terminal",
+            409,
+            "Job already finished",
+            "The job is completed, failed or cancelled; it can no longer be changed.",
+        ),
+        ProblemType(
+            "job_not_terminal",
+            409,
+            "Job still active",
+            "The job is pending or running; only finished jobs can be deleted.",
+        ),
+        ProblemType(
+            "payload_too_large",
+            413,
+            "Request body too large",
+            "The request body exceeds the server's configured size limit.",
+        ),
+        ProblemType(
+            "too_many_items",
+            413,
+            "Too many items",
+            "The job has more items than the server's configured maximum.",
+        ),
+        ProblemType(
+            "unsupported_media_type",
+            415,
+            "Unsupported media type",
+            "Send the job as `application/json`.",
+        ),
+        ProblemType(
+            "validation_error",
+            422,
+            "Validation failed",
+            "The request is well-formed JSON but its content is invalid; see `errors`.",
+        ),
+        ProblemType(
+            "unknown_operation",
+            422,
+            "Unknown operation",
+            "The `operation` is missing or not registered; see GET /operations.",
+        ),
+        ProblemType(
+            "server_busy",
+            503,
+            "Server busy",
+            "Too many items are waiting; retry after the time in `Retry-After`.",
+        ),
+        ProblemType(
+            "shutting_down",
+            503,
+            "Shutting down",
+            "The server is draining and takes no new jobs; retry against another instance.",
+        ),
+        ProblemType(
+            "internal_error", 500, "Internal error", "An unexpected error; it has been logged."
+        ),
+    )
+}
+
+#: Codes that a handler's failed item may carry when the framework itself fails it.
+ITEM_ERROR_CODES: dict[str, str] = {
+    "internal_error": "The handler raised an unexpected exception.",
+    "timeout": "The handler did not finish within the operation's per-item timeout.",
+    "invalid_item": "The stored item no longer matches the operation's item type.",
+    "retries_exhausted": "A retryable error persisted through every attempt.",
+}
+
+
+class BulkJobsError(Exception):
+    """A domain error with a catalog code, a human detail and optional extra members."""
+
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        *,
+        retry_after_s: int | None = None,
+        **extra: Any,
+    ) -> None:
+        if code not in CATALOG:
+            raise ValueError(f"unknown problem code {code!r}")
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+        self.extra = extra
+
+    @property
+    def problem_type(self) -> ProblemType:
+        return CATALOG[self.code]
+
+
+def job_not_found(job_id: str) -> BulkJobsError:
+    return BulkJobsError("job_not_found", f"No job {job_id!r}.")
+
+
+def catalog_markdown() -> str:
+    """The error catalog as a Markdown table (for the README)."""
+    lines = ["| code | HTTP | meaning |", "|---|---|---|"]
+    for p in CATALOG.values():
+        lines.append(f"| `{p.code}` | {p.status} | {p.description} |")
+    return "\n".join(lines)

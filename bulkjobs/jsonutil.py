@@ -1,0 +1,23 @@
+"""The one place that imports orjson: fast JSON in and out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+JSONDecodeError = orjson.JSONDecodeError
+
+
+def dumps(value: Any) -> bytes:
+    """Serialize to compact UTF-8 JSON bytes (datetimes as RFC 3339)."""
+    return orjson.dumps(value, option=orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS)
+
+
+def dumps_str(value: Any) -> str:
+    return dumps(value).decode()
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse JSON; raises `JSONDecodeError` (a `ValueError`) on bad input."""
+    return orjson.loads(data)

@@ -1,0 +1,1 @@
+"""The core: intake, scheduling, workers, the results writer and the event hub."""

@@ -1,0 +1,190 @@
+"""The engine: owns the store, the writer, the scheduler, the workers and the hub,
+starts them in order, recovers unfinished jobs, and stops them in order.
+
+Stop order (SIGTERM): stop dispatching → let chunks being worked finish within the
+grace period → cancel what is left → flush the writer → close lifespans → close store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from ..config import Settings
+from ..models import Job, JobError, JobStatus
+from ..registry import LifespanInfo, Registry
+from ..store import Store, open_store
+from .events import EventHub
+from .scheduler import Chunk, Scheduler, StopRequest
+from .workers import WorkerPool
+from .writer import ResultWriter, Transition
+
+logger = logging.getLogger(__name__)
+
+_PURGE_IDLE_S = 5.0
+
+
+class Engine:
+    """Everything that runs in the background of one bulkjobs process."""
+
+    def __init__(self, settings: Settings, registry: Registry, store: Store | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store: Store = store or open_store(
+            settings.db_path,
+            synchronous=settings.sqlite_synchronous,
+            busy_timeout_ms=settings.busy_timeout_ms,
+        )
+        self.hub = EventHub()
+        self.writer = ResultWriter(
+            self.store,
+            self._on_commit,
+            max_rows=settings.commit_max_rows,
+            linger_ms=settings.commit_linger_ms,
+        )
+        self.queue: asyncio.Queue[Chunk] = asyncio.Queue(settings.queue_size)
+        self.scheduler = Scheduler(self.store, self.writer, self.queue, settings.load_page_items)
+        self.workers = WorkerPool(self.queue, self.scheduler, self.writer, settings.workers)
+        self.draining = False
+        self._purge_wake = asyncio.Event()
+        self._lifespans = contextlib.AsyncExitStack()
+        self._writer_task: asyncio.Task[None] | None = None
+        self._intake_tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- start -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, enter lifespans, recover unfinished jobs, start the tasks."""
+        await self.store.open()
+        info = LifespanInfo(db_path=self.settings.db_path)
+        for lifespan in self.registry.lifespans:
+            await self._lifespans.enter_async_context(lifespan(info))
+        self._writer_task = self._spawn(self.writer.run(), "bulkjobs-writer")
+        await self._recover()
+        self._intake_tasks = [
+            self._spawn(self.scheduler.run(), "bulkjobs-scheduler"),
+            self._spawn(self._purge_loop(), "bulkjobs-purger"),
+        ]
+        self._tasks = [
+            self._spawn(self.workers.run_worker(), f"bulkjobs-worker-{i}")
+            for i in range(self.workers.size)
+        ]
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(_log_crash)
+        return task
+
+    async def _recover(self) -> None:
+        jobs = await self.store.unfinished_jobs()
+        for job in jobs:
+            await self._resume(job)
+        if jobs:
+            logger.info("resumed %d unfinished jobs", len(jobs))
+
+    async def _resume(self, job: Job) -> None:
+        op = self.registry.get(job.operation)
+        if op is None:
+            error = JobError("unknown_operation", f"operation {job.operation!r} is not registered")
+            await self.writer.put(Transition(job.pk, JobStatus.FAILED, error, cancel_pending=True))
+            return
+        run = self.scheduler.admit(job, op)
+        if job.cancel_requested_at is not None:
+            self.scheduler.request_stop(run, StopRequest(JobStatus.CANCELLED))
+
+    # -- commit callback ---------------------------------------------------
+
+    def _on_commit(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self.hub.publish(job)
+            if job.is_terminal:
+                self.scheduler.forget(job)
+            else:
+                self._check_threshold(job)
+
+    def _check_threshold(self, job: Job) -> None:
+        op = self.registry.get(job.operation)
+        ratio = op.options.max_failed_ratio if op else None
+        run = self.scheduler.get(job.id)
+        if ratio is None or run is None or job.failed <= ratio * job.total_items:
+            return
+        msg = f"{job.failed} of {job.total_items} items failed (threshold {ratio:.0%})"
+        stop = StopRequest(JobStatus.FAILED, JobError("failure_threshold_exceeded", msg))
+        self.scheduler.request_stop(run, stop)
+
+    # -- purge -------------------------------------------------------------
+
+    def wake_purger(self) -> None:
+        self._purge_wake.set()
+
+    async def _purge_loop(self) -> None:
+        while True:
+            removed = await self.store.purge_step()
+            if removed:
+                await asyncio.sleep(0)  # let the writer in between batches
+                continue
+            self._purge_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_PURGE_IDLE_S):
+                    await self._purge_wake.wait()
+
+    # -- stop --------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        """True while every background task is still running."""
+        tasks = [self._writer_task, *self._intake_tasks, *self._tasks]
+        return all(t is not None and not t.done() for t in tasks)
+
+    def begin_drain(self) -> None:
+        """Refuse new jobs and close event streams; processing goes on until `stop`."""
+        self.draining = True
+        self.hub.close_all()
+
+    async def stop(self) -> None:
+        """Drain in order; see module doc. Safe to call once."""
+        self.begin_drain()
+        await _cancel_all(self._intake_tasks)
+        await self._wait_idle(self.settings.shutdown_grace_s)
+        await _cancel_all(self._tasks)
+        self._tasks.clear()
+        if self._writer_task is not None:
+            await self.writer.close()
+            await self._writer_task
+        await self._lifespans.aclose()
+        await self.store.close()
+
+    async def _wait_idle(self, grace_s: float) -> None:
+        self._drop_queued_chunks()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await self.workers.wait_idle()
+        if self.workers.busy:
+            logger.warning(
+                "%d workers still busy after %.1fs; cancelling", self.workers.busy, grace_s
+            )
+
+    def _drop_queued_chunks(self) -> None:
+        # Queued chunks have not started: their items stay pending and resume next start.
+        while not self.queue.empty():
+            run, _chunk = self.queue.get_nowait()
+            self.queue.task_done()
+            run.in_flight -= 1
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, Exception):
+            logger.error("task %s ended with %r", task.get_name(), result)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("background task %s crashed", task.get_name(), exc_info=task.exception())

@@ -1,0 +1,194 @@
+"""The event hub: every committed job change becomes an event with the job's sequence
+number, kept in a short per-job history and fanned out to bounded subscribers.
+
+A slow subscriber never grows memory: its buffer holds at most `maxsize` events and,
+when full, progress events are coalesced (only the latest counts are kept) while
+status transitions are always kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+
+from ..models import Job, format_ts
+
+HISTORY_PER_JOB = 64
+_FORGET_AFTER_S = 300.0
+
+
+@attrs.frozen
+class JobEvent:
+    """One change of one job; `seq` increases by at least one per committed change."""
+
+    seq: int
+    job_id: str
+    type: str  # "snapshot" | "progress" | "status"
+    job: Job
+
+    def to_dict(self) -> dict[str, Any]:
+        j = self.job
+        return {
+            "seq": self.seq,
+            "job_id": j.id,
+            "type": self.type,
+            "status": j.status.value,
+            "total_items": j.total_items,
+            "processed": j.processed,
+            "succeeded": j.succeeded,
+            "failed": j.failed,
+            "cancelled": j.cancelled,
+            "progress": j.progress,
+            "at": format_ts(j.updated_at),
+        }
+
+
+class Subscription:
+    """A bounded buffer of events for one subscriber of one job."""
+
+    def __init__(self, hub: EventHub, job_id: str, maxsize: int) -> None:
+        self._hub = hub
+        self.job_id = job_id
+        self._maxsize = maxsize
+        self._buffer: collections.deque[JobEvent] = collections.deque()
+        self._ready = asyncio.Event()
+        self.closed = False
+        self.coalesced = 0
+
+    def push(self, event: JobEvent) -> None:
+        """Add an event; when full, replace the newest progress event instead of growing."""
+        if self._buffer and len(self._buffer) >= self._maxsize:
+            self._coalesce(event)
+        else:
+            self._buffer.append(event)
+        self._ready.set()
+
+    def _coalesce(self, event: JobEvent) -> None:
+        self.coalesced += 1
+        for i in range(len(self._buffer) - 1, -1, -1):
+            if self._buffer[i].type == "progress":
+                del self._buffer[i]
+                self._buffer.append(event)
+                return
+        # Only status events are buffered: keep the newest, drop the oldest.
+        self._buffer.popleft()
+        self._buffer.append(event)
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    async def get(self) -> JobEvent | None:
+        """The next event, or None once the subscription is closed and drained."""
+        while not self._buffer:
+            if self.closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        return self._buffer.popleft()
+
+    def __aiter__(self) -> AsyncIterator[JobEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[JobEvent]:
+        while (event := await self.get()) is not None:
+            yield event
+
+
+class EventHub:
+    """Per-job histories and subscribers; all methods run on the event loop."""
+
+    def __init__(self, history: int = HISTORY_PER_JOB) -> None:
+        self._history: dict[str, collections.deque[JobEvent]] = {}
+        self._subscribers: dict[str, set[Subscription]] = {}
+        self._last_status: dict[str, str] = {}
+        self._terminal_at: dict[str, float] = {}
+        self._history_len = history
+
+    def publish(self, job: Job) -> JobEvent:
+        """Record a committed change of `job` and hand it to every subscriber."""
+        previous = self._last_status.get(job.id)
+        kind = "status" if previous != job.status.value else "progress"
+        self._last_status[job.id] = job.status.value
+        event = JobEvent(seq=job.seq, job_id=job.id, type=kind, job=job)
+        hist = self._history.setdefault(job.id, collections.deque(maxlen=self._history_len))
+        hist.append(event)
+        for sub in self._subscribers.get(job.id, ()):
+            sub.push(event)
+        if job.is_terminal:
+            self._mark_terminal(job.id)
+        return event
+
+    def _mark_terminal(self, job_id: str) -> None:
+        now = asyncio.get_running_loop().time()
+        self._terminal_at[job_id] = now
+        for sub in list(self._subscribers.get(job_id, ())):
+            sub.close()
+        for old, at in list(self._terminal_at.items()):
+            if now - at > _FORGET_AFTER_S:
+                self.forget(old)
+
+    def forget(self, job_id: str) -> None:
+        """Drop a job's history (it was deleted, or finished long ago)."""
+        self._history.pop(job_id, None)
+        self._last_status.pop(job_id, None)
+        self._terminal_at.pop(job_id, None)
+
+    def latest(self, job_id: str) -> JobEvent | None:
+        hist = self._history.get(job_id)
+        return hist[-1] if hist else None
+
+    def since(self, job_id: str, seq: int) -> list[JobEvent] | None:
+        """Events after `seq`, or None when the history no longer reaches back that far."""
+        hist = self._history.get(job_id)
+        if not hist or hist[0].seq > seq + 1:
+            return None
+        return [e for e in hist if e.seq > seq]
+
+    def subscribe(self, job_id: str, maxsize: int = 32) -> Subscription:
+        sub = Subscription(self, job_id, maxsize)
+        self._subscribers.setdefault(job_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subscribers.get(sub.job_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subscribers[sub.job_id]
+        sub.close()
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    def close_all(self) -> None:
+        """Close every subscription (server shutdown)."""
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub.close()
+        self._subscribers.clear()
+
+    async def wait_changed(self, job_id: str, after_seq: int, timeout_s: float) -> JobEvent | None:
+        """The first event past `after_seq`, or None after `timeout_s`."""
+        latest = self.latest(job_id)
+        if latest is not None and latest.seq > after_seq:
+            return latest
+        sub = self.subscribe(job_id, maxsize=1)
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for event in sub:
+                    if event.seq > after_seq:
+                        return event
+        except TimeoutError:
+            return None
+        finally:
+            self.unsubscribe(sub)
+        return None

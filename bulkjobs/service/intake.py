@@ -1,0 +1,141 @@
+"""Intake: parse and validate a submission before anything is stored.
+
+Pure CPU work with no I/O, so large submissions can run it in a thread while the
+event loop keeps serving. Every problem becomes a `BulkJobsError` with a stable code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from .. import jsonutil
+from ..errors import BulkJobsError
+from ..itemtypes import pointer
+from ..registry import Operation, Registry
+from ..store import NewItemRow
+
+MAX_LISTED_ERRORS = 100
+KNOWN_FIELDS = frozenset({"operation", "items", "ttl_seconds"})
+
+
+@attrs.frozen
+class IntakeLimits:
+    max_items: int
+    default_ttl_s: int
+    min_ttl_s: int
+    max_ttl_s: int
+
+
+@attrs.frozen
+class Submission:
+    """A validated job, ready to be stored."""
+
+    operation: Operation
+    rows: list[NewItemRow]
+    ttl_s: int
+
+
+def parse_body(raw: bytes) -> Any:
+    try:
+        return jsonutil.loads(raw)
+    except jsonutil.JSONDecodeError as exc:
+        raise BulkJobsError("malformed_json", f"The body is not valid JSON: {exc}") from None
+
+
+def invalid(errors: list[dict[str, str]], detail: str | None = None) -> BulkJobsError:
+    n = len(errors)
+    return BulkJobsError(
+        "validation_error",
+        detail or f"{n} validation error{'s' if n != 1 else ''}.",
+        errors=errors[:MAX_LISTED_ERRORS],
+    )
+
+
+def prepare(registry: Registry, body: Any, limits: IntakeLimits) -> Submission:
+    """Validate a parsed body; raise `BulkJobsError` on the first class of problem found."""
+    if not isinstance(body, dict):
+        raise invalid([{"pointer": "", "detail": "the body must be a JSON object"}])
+    op = _operation(registry, body.get("operation"))
+    unknown = sorted(set(body) - KNOWN_FIELDS)
+    if unknown:
+        raise invalid([{"pointer": pointer(k), "detail": "unknown field"} for k in unknown])
+    ttl_s = _ttl(body.get("ttl_seconds"), limits)
+    items = _items_list(body.get("items"), op, limits)
+    return Submission(op, _rows(op, items), ttl_s)
+
+
+def _operation(registry: Registry, name: Any) -> Operation:
+    if not isinstance(name, str) or not name:
+        raise BulkJobsError("unknown_operation", "`operation` is required and must be a string.")
+    op = registry.get(name)
+    if op is None:
+        raise BulkJobsError("unknown_operation", f"No operation named {name[:100]!r}.")
+    return op
+
+
+def _ttl(value: Any, limits: IntakeLimits) -> int:
+    if value is None:
+        return limits.default_ttl_s
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if not ok or not limits.min_ttl_s <= value <= limits.max_ttl_s:
+        raise invalid(
+            [
+                {
+                    "pointer": "/ttl_seconds",
+                    "detail": f"must be an integer from {limits.min_ttl_s} to {limits.max_ttl_s}",
+                }
+            ]
+        )
+    return int(value)
+
+
+def _items_list(items: Any, op: Operation, limits: IntakeLimits) -> list[Any]:
+    if not isinstance(items, list):
+        detail = "required" if items is None else "must be an array"
+        raise invalid([{"pointer": "/items", "detail": detail}])
+    if not items:
+        raise invalid([{"pointer": "/items", "detail": "must not be empty"}])
+    cap = min(limits.max_items, op.options.max_items or limits.max_items)
+    if len(items) > cap:
+        raise BulkJobsError(
+            "too_many_items", f"{len(items)} items; at most {cap} are accepted per job."
+        )
+    return items
+
+
+def _rows(op: Operation, items: list[Any]) -> list[NewItemRow]:
+    rows: list[NewItemRow] = []
+    errors: list[dict[str, str]] = []
+    structure, dumps = op.validator.structure, jsonutil.dumps
+    for idx, item in enumerate(items):
+        try:
+            structure(item)
+        except Exception:
+            _collect(op, idx, item, errors)
+            continue
+        if not errors:
+            rows.append((idx, _item_id(item), dumps(item)))
+    if errors:
+        raise invalid(
+            errors,
+            f"{len(errors)}+ items are invalid." if len(errors) > MAX_LISTED_ERRORS else None,
+        )
+    return rows
+
+
+def _collect(op: Operation, idx: int, item: Any, errors: list[dict[str, str]]) -> None:
+    if len(errors) > MAX_LISTED_ERRORS:
+        return
+    for path, detail in op.validator.errors(item) or [((), "invalid item")]:
+        errors.append({"pointer": pointer("items", idx, *path), "detail": detail})
+
+
+def _item_id(item: dict[str, Any]) -> str | None:
+    value = item.get("id")
+    if isinstance(value, str):
+        return value[:200]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None

@@ -1,0 +1,224 @@
+"""The job service: what the HTTP layer can ask of the engine.
+
+Submit, read, list, cancel, delete, each raising `BulkJobsError` with a catalog code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from typing import Generic, TypeVar
+
+import attrs
+
+from ..errors import BulkJobsError, job_not_found
+from ..models import ItemRecord, ItemStatus, Job, JobStatus, new_job_id, utcnow
+from ..store import JobFilter
+from .engine import Engine
+from .intake import IntakeLimits, Submission, parse_body, prepare
+from .scheduler import StopRequest
+
+T = TypeVar("T")
+
+#: Bodies larger than this are parsed and validated in a thread, off the event loop.
+THREAD_INTAKE_BYTES = 256 * 1024
+MAX_PAGE = 1000
+
+
+@attrs.frozen
+class Page(Generic[T]):
+    data: list[T]
+    next_cursor: str | None
+
+
+def encode_cursor(kind: str, value: int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: str | None) -> int | None:
+    """The position in an opaque cursor; `invalid_cursor` when it is not ours."""
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, value = text.partition(":")
+        if prefix != kind:
+            raise ValueError(prefix)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BulkJobsError("invalid_cursor", "The cursor is not valid for this list.") from None
+
+
+class JobService:
+    """Use cases over the engine; the only thing the web layer talks to."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        s = engine.settings
+        self.limits = IntakeLimits(
+            max_items=s.max_items,
+            default_ttl_s=s.default_ttl_s,
+            min_ttl_s=s.min_ttl_s,
+            max_ttl_s=s.max_ttl_s,
+        )
+        self._reserved_items = 0
+
+    # -- submit ------------------------------------------------------------
+
+    async def submit(self, raw: bytes, tenant: str = "default") -> Job:
+        """Validate, store durably, admit to the scheduler; return the pending job."""
+        if self.engine.draining:
+            raise BulkJobsError("shutting_down", "The server is shutting down.", retry_after_s=5)
+        sub = await self._prepare(raw)
+        n = len(sub.rows)
+        self._reserve(n)
+        try:
+            return await self._store_and_admit(sub, tenant)
+        finally:
+            self._reserved_items -= n
+
+    async def _prepare(self, raw: bytes) -> Submission:
+        if len(raw) < THREAD_INTAKE_BYTES:
+            return prepare(self.engine.registry, parse_body(raw), self.limits)
+
+        def work() -> Submission:
+            return prepare(self.engine.registry, parse_body(raw), self.limits)
+
+        return await asyncio.to_thread(work)
+
+    def _reserve(self, n: int) -> None:
+        backlog = self.engine.scheduler.backlog_items + self._reserved_items
+        if backlog + n > self.engine.settings.max_pending_items:
+            raise BulkJobsError(
+                "server_busy",
+                f"{backlog} items are waiting; this job of {n} would exceed the limit.",
+                retry_after_s=max(1, self.engine.settings.retry_after_s),
+            )
+        self._reserved_items += n
+
+    async def _store_and_admit(self, sub: Submission, tenant: str) -> Job:
+        now = utcnow()
+        job = Job(
+            id=new_job_id(),
+            operation=sub.operation.name,
+            status=JobStatus.PENDING,
+            total_items=len(sub.rows),
+            tenant=tenant,
+            created_at=now,
+            updated_at=now,
+            ttl_s=sub.ttl_s,
+            seq=1,
+        )
+        pk = await self.engine.store.create_job(job, sub.rows)
+        job = attrs.evolve(job, pk=pk)
+        self.engine.hub.publish(job)
+        self.engine.scheduler.admit(job, sub.operation)
+        return job
+
+    # -- read --------------------------------------------------------------
+
+    async def get(self, job_id: str, tenant: str = "default") -> Job:
+        job = await self.engine.store.get_job(job_id)
+        if job is None or job.tenant != tenant:
+            raise job_not_found(job_id)
+        return job
+
+    async def list_jobs(
+        self,
+        *,
+        tenant: str = "default",
+        status: str | None = None,
+        operation: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page[Job]:
+        flt = JobFilter(tenant=tenant, status=_job_status(status), operation=operation)
+        before = decode_cursor("j", cursor)
+        rows = await self.engine.store.list_jobs(flt, before_pk=before, limit=limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nxt = encode_cursor("j", rows[-1].pk) if more else None
+        return Page(rows, nxt)
+
+    async def list_items(
+        self,
+        job_id: str,
+        *,
+        tenant: str = "default",
+        status: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page[ItemRecord]:
+        job = await self.get(job_id, tenant)
+        after = decode_cursor("i", cursor)
+        items = await self.engine.store.list_items(
+            job.pk,
+            status=_item_status(status),
+            after_index=-1 if after is None else after,
+            limit=limit + 1,
+        )
+        more = len(items) > limit
+        items = items[:limit]
+        return Page(items, encode_cursor("i", items[-1].index) if more else None)
+
+    # -- change ------------------------------------------------------------
+
+    async def cancel(self, job_id: str, tenant: str = "default") -> Job:
+        """Stop dispatching; items being worked finish, the rest become cancelled."""
+        job = await self.get(job_id, tenant)
+        _require_active(job)
+        run = self.engine.scheduler.get(job.id)
+        if run is None:
+            raise BulkJobsError(
+                "shutting_down", "The job cannot be cancelled now.", retry_after_s=5
+            )
+        marked = await self.engine.store.request_cancel(job.pk, utcnow())
+        if marked is not None:
+            self.engine.hub.publish(marked)
+        self.engine.scheduler.request_stop(run, StopRequest(JobStatus.CANCELLED))
+        try:
+            async with asyncio.timeout(self.engine.settings.cancel_wait_s):
+                final = await asyncio.shield(run.finished)
+        except TimeoutError:
+            return await self.get(job_id, tenant)  # still winding down: 202 to the client
+        if final.status is not JobStatus.CANCELLED:
+            _require_active(final)
+        return final
+
+    async def delete(self, job_id: str, tenant: str = "default") -> None:
+        job = await self.get(job_id, tenant)
+        if not job.is_terminal:
+            raise BulkJobsError(
+                "job_not_terminal", f"Job {job_id} is {job.status.value}; cancel it first."
+            )
+        await self.engine.store.delete_job(job.pk)
+        self.engine.hub.forget(job.id)
+        self.engine.wake_purger()
+
+
+def _require_active(job: Job) -> None:
+    if job.is_terminal:
+        raise BulkJobsError(
+            "job_terminal", f"Job {job.id} is already {job.status.value}.", status=job.status.value
+        )
+
+
+def _job_status(value: str | None) -> JobStatus | None:
+    return _enum(JobStatus, value, "status")  # type: ignore[return-value]
+
+
+def _item_status(value: str | None) -> ItemStatus | None:
+    return _enum(ItemStatus, value, "status")  # type: ignore[return-value]
+
+
+def _enum(kind: type[JobStatus] | type[ItemStatus], value: str | None, name: str) -> object:
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise BulkJobsError(
+            "invalid_request", f"`{name}` must be one of: {allowed}.", parameter=name
+        ) from None

@@ -1,0 +1,17 @@
+"""Durable storage behind the `Store` protocol; backends are imported lazily."""
+
+from __future__ import annotations
+
+from .base import JobChange, JobFilter, NewItemRow, OutcomeRow, Store
+
+__all__ = ["JobChange", "JobFilter", "NewItemRow", "OutcomeRow", "Store", "open_store"]
+
+
+def open_store(url_or_path: str, **options: object) -> Store:
+    """A store for a path (SQLite); other schemes are for backends added later."""
+    if url_or_path.startswith(("postgres://", "postgresql://")):
+        raise ValueError("the PostgreSQL backend is not part of this build")
+    from .sqlite import SQLiteStore
+
+    path = url_or_path.removeprefix("sqlite://")
+    return SQLiteStore(path, **options)  # type: ignore[arg-type]

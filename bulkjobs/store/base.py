@@ -1,0 +1,82 @@
+"""The storage contract. Backends keep their SQL dialect to themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+import attrs
+
+from ..models import ItemRecord, ItemStatus, Job, JobError, JobStatus, WorkItem
+
+#: One item outcome as the writer hands it to the store:
+#: (status, result_json, error_code, error_message, attempts, job_pk, index)
+OutcomeRow = tuple[str, bytes | None, str | None, str | None, int, int, int]
+
+#: One new item: (index, item_id, payload_json)
+NewItemRow = tuple[int, str | None, bytes]
+
+
+@attrs.frozen
+class JobChange:
+    """Counter deltas and an optional transition for one job, applied in one commit."""
+
+    job_pk: int
+    succeeded: int = 0
+    failed: int = 0
+    start: bool = False
+    status: JobStatus | None = None
+    error: JobError | None = None
+    cancel_pending: bool = False
+
+
+@attrs.frozen
+class JobFilter:
+    tenant: str | None = None
+    status: JobStatus | None = None
+    operation: str | None = None
+
+
+class Store(Protocol):
+    """What the service needs from durable storage."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create_job(self, job: Job, items: Sequence[NewItemRow]) -> int:
+        """Insert the job and all its items in one transaction; return its key."""
+        ...
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def list_jobs(self, flt: JobFilter, *, before_pk: int | None, limit: int) -> list[Job]:
+        """Newest first; `before_pk` continues a previous page."""
+        ...
+
+    async def list_items(
+        self, job_pk: int, *, status: ItemStatus | None, after_index: int, limit: int
+    ) -> list[ItemRecord]: ...
+
+    async def load_pending(self, job_pk: int, *, from_index: int, limit: int) -> list[WorkItem]: ...
+
+    async def unfinished_jobs(self) -> list[Job]: ...
+
+    async def commit(
+        self, outcomes: Sequence[OutcomeRow], changes: Sequence[JobChange], now: datetime
+    ) -> list[Job]:
+        """Write outcomes and job changes in one transaction; return the changed jobs."""
+        ...
+
+    async def request_cancel(self, job_pk: int, now: datetime) -> Job | None:
+        """Record a cancel request on an active job; None when it is already terminal."""
+        ...
+
+    async def delete_job(self, job_pk: int) -> None: ...
+
+    async def purge_step(self, batch: int = 5000) -> int:
+        """Delete some items of deleted jobs; 0 when there is nothing left to purge."""
+        ...
+
+    async def ping(self) -> None: ...

@@ -1,0 +1,52 @@
+"""SQLite schema as named migrations, applied once each in list order.
+
+Append a new `(name, sql)` pair to change the schema; never edit one that has shipped.
+Applied names are recorded in `schema_migrations`, so features can add their own
+tables independently.
+"""
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_core",
+        """
+        CREATE TABLE jobs (
+            pk INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            tenant TEXT NOT NULL DEFAULT 'default',
+            operation TEXT NOT NULL,
+            status TEXT NOT NULL,
+            total_items INTEGER NOT NULL,
+            succeeded INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            cancelled INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL,
+            started_at INTEGER,
+            completed_at INTEGER,
+            updated_at INTEGER NOT NULL,
+            expires_at INTEGER,
+            cancel_requested_at INTEGER,
+            error_code TEXT,
+            error_message TEXT,
+            seq INTEGER NOT NULL DEFAULT 0,
+            ttl_s INTEGER NOT NULL
+        );
+        CREATE INDEX jobs_tenant_status ON jobs (tenant, status, pk);
+        CREATE INDEX jobs_expires ON jobs (expires_at) WHERE expires_at IS NOT NULL;
+        CREATE TABLE items (
+            job_pk INTEGER NOT NULL,
+            idx INTEGER NOT NULL,
+            item_id TEXT,
+            status TEXT NOT NULL DEFAULT 'pending',
+            payload BLOB NOT NULL,
+            result BLOB,
+            error_code TEXT,
+            error_message TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (job_pk, idx)
+        ) WITHOUT ROWID;
+        CREATE INDEX items_failed ON items (job_pk, idx) WHERE status = 'failed';
+        -- deleted jobs whose items are still being removed in small batches
+        CREATE TABLE purge_queue (job_pk INTEGER PRIMARY KEY);
+        """,
+    ),
+]

@@ -1,0 +1,52 @@
+"""The application factory: routes under the base path, the problem middleware, and
+the engine's lifecycle bound to the app's (`cleanup_ctx`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ..config import Settings
+from ..registry import Registry, load_registry
+from ..service.engine import Engine
+from ..service.jobs import JobService
+from .keys import ENGINE, SERVICE, SETTINGS
+from . import routes as job_routes
+from .problems import problem_middleware
+
+#: Every route table of the API; each is mounted under the configured base path.
+ROUTE_TABLES: list[web.RouteTableDef] = [job_routes.routes]
+
+
+def create_app(
+    settings: Settings | None = None, registry: Registry | None = None
+) -> web.Application:
+    """A ready-to-run application; the engine starts with the app and stops with it."""
+    settings = settings or Settings.from_env()
+    registry = registry or load_registry(settings.app)
+    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    engine = Engine(settings, registry)
+    app[SETTINGS] = settings
+    app[ENGINE] = engine
+    app[SERVICE] = JobService(engine)
+    for table in ROUTE_TABLES:
+        for route in table:
+            assert isinstance(route, web.RouteDef)
+            app.router.add_route(route.method, settings.base_path + route.path, route.handler)
+    app.cleanup_ctx.append(_engine_ctx)
+    app.on_shutdown.append(_begin_drain)
+    return app
+
+
+async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    engine = app[ENGINE]
+    await engine.start()
+    yield
+    await engine.stop()
+
+
+async def _begin_drain(app: web.Application) -> None:
+    # Runs before cleanup: refuse new jobs and close event streams so that open
+    # connections end promptly instead of holding the shutdown timeout.
+    app[ENGINE].begin_drain()

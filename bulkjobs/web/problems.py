@@ -1,0 +1,87 @@
+"""The one place that turns errors into RFC 9457 `application/problem+json` responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from .. import jsonutil
+from ..errors import CATALOG, BulkJobsError
+from .keys import SETTINGS
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def problem_response(
+    request: web.Request,
+    code: str,
+    detail: str,
+    *,
+    retry_after_s: int | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> web.Response:
+    """A problem+json response for a catalog code."""
+    ptype = CATALOG[code]
+    base = request.app[SETTINGS].base_path
+    body: dict[str, Any] = {
+        "type": f"{base}/errors/{code}",
+        "title": ptype.title,
+        "status": ptype.status,
+        "detail": detail,
+        "code": code,
+        "instance": request.path,
+        **extra,
+    }
+    hdrs = dict(headers or {})
+    if retry_after_s is not None:
+        hdrs["Retry-After"] = str(retry_after_s)
+    return web.Response(
+        status=ptype.status, body=jsonutil.dumps(body), content_type=PROBLEM_JSON, headers=hdrs
+    )
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Map domain errors and aiohttp's HTTP errors to problems; never leak a traceback."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except BulkJobsError as err:
+        return problem_response(
+            request, err.code, err.detail, retry_after_s=err.retry_after_s, **err.extra
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _from_http(request, exc)
+    except Exception:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return problem_response(request, "internal_error", "An unexpected error occurred.")
+
+
+def _from_http(request: web.Request, exc: web.HTTPException) -> web.Response:
+    code = _HTTP_CODES.get(exc.status)
+    if code is None:
+        code = "invalid_request" if exc.status < 500 else "internal_error"
+    detail = (
+        exc.text
+        if exc.text and not exc.text.startswith(str(exc.status))
+        else CATALOG[code].description
+    )
+    headers = {}
+    if exc.status == 405 and "Allow" in exc.headers:
+        headers["Allow"] = exc.headers["Allow"]
+    return problem_response(request, code, detail, headers=headers)

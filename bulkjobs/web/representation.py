@@ -1,0 +1,82 @@
+"""How jobs and items look on the wire: JSON shapes, links, ETags, Retry-After."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..models import ItemRecord, Job, format_ts
+
+#: Poll hints are kept between these bounds (seconds).
+MIN_RETRY_AFTER_S = 1
+MAX_RETRY_AFTER_S = 30
+
+
+def job_links(job: Job, base: str) -> dict[str, str]:
+    href = f"{base}/bulk-jobs/{job.id}"
+    return {
+        "self": href,
+        "events": f"{href}/events",
+        "items": f"{href}/items",
+        "failures": f"{href}/items?status=failed",
+        "results": f"{href}/results",
+        "cancel": f"{href}/cancel",
+    }
+
+
+def job_json(job: Job, base: str) -> dict[str, Any]:
+    """The public job resource (DESIGN.md, "Job resource")."""
+    links = job_links(job, base)
+    body: dict[str, Any] = {
+        "id": job.id,
+        "operation": job.operation,
+        "status": job.status.value,
+        "total_items": job.total_items,
+        "processed": job.processed,
+        "succeeded": job.succeeded,
+        "failed": job.failed,
+        "cancelled": job.cancelled,
+        "progress": job.progress,
+        "created_at": format_ts(job.created_at),
+        "started_at": format_ts(job.started_at),
+        "completed_at": format_ts(job.completed_at),
+        "updated_at": format_ts(job.updated_at),
+        "expires_at": format_ts(job.expires_at),
+        "cancel_requested_at": format_ts(job.cancel_requested_at),
+        "links": links,
+    }
+    if job.is_terminal:
+        body["result_url"] = links["results"]
+    if job.error is not None:
+        body["error"] = {"code": job.error.code, "message": job.error.message}
+    return body
+
+
+def item_json(item: ItemRecord) -> dict[str, Any]:
+    body: dict[str, Any] = {"index": item.index}
+    if item.item_id is not None:
+        body["id"] = item.item_id
+    body["status"] = item.status.value
+    if item.result is not None:
+        body["result"] = item.result
+    if item.error is not None:
+        body["error"] = {"code": item.error.code, "message": item.error.message}
+    body["attempts"] = item.attempts
+    return body
+
+
+def etag(job: Job) -> str:
+    """A strong validator: changes whenever the job's sequence number does."""
+    return f'"{job.id[4:]}-{job.seq}"'
+
+
+def retry_after_s(job: Job) -> int | None:
+    """A poll hint for a job that is still running; None once it is terminal."""
+    if job.is_terminal:
+        return None
+    if job.started_at is None or job.processed == 0:
+        return MIN_RETRY_AFTER_S
+    elapsed = (job.updated_at - job.started_at).total_seconds()
+    rate = job.processed / max(elapsed, 1e-3)
+    eta = (job.total_items - job.processed) / rate
+    # Aim for a handful of polls over the remaining time.
+    return int(min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, eta / 4)))

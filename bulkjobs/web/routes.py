@@ -1,0 +1,155 @@
+"""HTTP handlers for the job API. They parse, call the service, and shape responses;
+errors are raised and mapped to problems by the middleware."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from .. import jsonutil
+from ..errors import BulkJobsError
+from ..models import Job
+from ..service.jobs import MAX_PAGE, Page
+from .keys import ENGINE, SERVICE, SETTINGS
+from .representation import etag, item_json, job_json, retry_after_s
+
+routes = web.RouteTableDef()
+
+JSON_TYPES = frozenset({"application/json"})
+
+
+def json_response(
+    body: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status, body=jsonutil.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+def _base(request: web.Request) -> str:
+    return request.app[SETTINGS].base_path
+
+
+def _job_headers(request: web.Request, job: Job) -> dict[str, str]:
+    headers = {"ETag": etag(job), "Cache-Control": "no-cache"}
+    hint = retry_after_s(job)
+    if hint is not None:
+        headers["Retry-After"] = str(hint)
+    return headers
+
+
+def _limit(query: MultiMapping[str]) -> int:
+    raw = query.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise BulkJobsError(
+            "invalid_request",
+            f"`limit` must be an integer from 1 to {MAX_PAGE}.",
+            parameter="limit",
+        )
+    return int(raw)
+
+
+def _page_response(request: web.Request, page: Page[Any], data: list[Any]) -> web.Response:
+    headers: dict[str, str] = {}
+    nxt = None
+    if page.next_cursor is not None:
+        nxt = str(request.rel_url.update_query(cursor=page.next_cursor))
+        headers["Link"] = f'<{nxt}>; rel="next"'
+    return json_response({"data": data, "links": {"next": nxt}}, headers=headers)
+
+
+@routes.post("/bulk-jobs")
+async def create_job(request: web.Request) -> web.Response:
+    """Accept a job: 202, `Location`, `Retry-After`, the pending job as the body."""
+    if request.content_type not in JSON_TYPES:
+        raise BulkJobsError(
+            "unsupported_media_type",
+            f"Content-Type {request.content_type!r} is not supported; send application/json.",
+        )
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise BulkJobsError(
+            "payload_too_large",
+            f"The body is {request.content_length} bytes; the limit is {limit}.",
+        )
+    raw = await request.read()
+    job = await request.app[SERVICE].submit(raw)
+    body = job_json(job, _base(request))
+    headers = _job_headers(request, job)
+    headers["Location"] = body["links"]["self"]
+    return json_response(body, status=202, headers=headers)
+
+
+@routes.get("/bulk-jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    q = request.query
+    page = await request.app[SERVICE].list_jobs(
+        status=q.get("status"),
+        operation=q.get("operation"),
+        cursor=q.get("cursor"),
+        limit=_limit(q),
+    )
+    base = _base(request)
+    return _page_response(request, page, [job_json(j, base) for j in page.data])
+
+
+@routes.get("/bulk-jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    job = await request.app[SERVICE].get(request.match_info["job_id"])
+    headers = _job_headers(request, job)
+    if request.headers.get("If-None-Match") == headers["ETag"]:
+        return web.Response(status=304, headers=headers)
+    return json_response(job_json(job, _base(request)), headers=headers)
+
+
+@routes.get("/bulk-jobs/{job_id}/items")
+async def list_items(request: web.Request) -> web.Response:
+    q = request.query
+    page = await request.app[SERVICE].list_items(
+        request.match_info["job_id"],
+        status=q.get("status"),
+        cursor=q.get("cursor"),
+        limit=_limit(q),
+    )
+    return _page_response(request, page, [item_json(i) for i in page.data])
+
+
+@routes.post("/bulk-jobs/{job_id}/cancel")
+async def cancel_job(request: web.Request) -> web.Response:
+    """200 with the cancelled job, or 202 while in-flight items are still finishing."""
+    job = await request.app[SERVICE].cancel(request.match_info["job_id"])
+    status = 200 if job.is_terminal else 202
+    return json_response(
+        job_json(job, _base(request)), status=status, headers=_job_headers(request, job)
+    )
+
+
+@routes.delete("/bulk-jobs/{job_id}")
+async def delete_job(request: web.Request) -> web.Response:
+    await request.app[SERVICE].delete(request.match_info["job_id"])
+    return web.Response(status=204)
+
+
+@routes.get("/operations")
+async def list_operations(request: web.Request) -> web.Response:
+    ops = request.app[ENGINE].registry.operations
+    return json_response({"data": [op.describe() for op in ops]})
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    checks = {"store": "ok", "draining": engine.draining}
+    try:
+        await engine.store.ping()
+    except Exception as exc:
+        checks["store"] = f"error: {exc}"
+    ready = checks["store"] == "ok" and not engine.draining and engine.alive
+    return json_response({"ready": ready, **checks}, status=200 if ready else 503)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from bulkjobs.config import Settings
+from bulkjobs.registry import Registry
+from bulkjobs.web import create_app
+from tests.support import Gate, make_registry
+
+ClientFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "jobs.sqlite3")
+
+
+@pytest.fixture
+def settings(db_path: str) -> Settings:
+    return Settings(db_path=db_path, workers=4, shutdown_grace_s=2.0)
+
+
+@pytest.fixture
+def gate() -> Gate:
+    return Gate()
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, settings: Settings, gate: Gate) -> ClientFactory:
+    """Start a real app (real SQLite file under tmp_path) with optional setting overrides."""
+
+    async def factory(registry: Registry | None = None, **overrides: Any) -> TestClient:
+        s = Settings(**{**_asdict(settings), **overrides})
+        app = create_app(s, registry or make_registry(gate))
+        return await aiohttp_client(app)  # type: ignore[no-any-return]
+
+    return factory
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> TestClient:
+    return await make_client()
+
+
+def _asdict(s: Settings) -> dict[str, Any]:
+    import attrs
+
+    return attrs.asdict(s)
