@@ -11,8 +11,8 @@ from ..config import Settings
 from ..registry import Registry, load_registry
 from ..service.engine import Engine
 from ..service.jobs import JobService
-from .keys import ENGINE, SERVICE, SETTINGS
 from . import routes as job_routes
+from .keys import ENGINE, SERVICE, SETTINGS
 from .problems import problem_middleware
 
 #: Every route table of the API; each is mounted under the configured base path.
