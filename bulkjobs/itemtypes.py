@@ -4,6 +4,7 @@ pointers, and a JSON Schema of each type for GET /operations."""
 from __future__ import annotations
 
 import enum
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -100,11 +101,16 @@ def _step(note: Any) -> str | int:
     return str(name) if name is not None else int(getattr(note, "index", 0))
 
 
+_ATTRS_MESSAGE = re.compile(r"^'(\w+)' ")
+
+
 def _attr_path(exc: BaseException, path: Pointer) -> Pointer:
-    # attrs validators raise ValueError(msg, attribute, validator, value)
+    # attrs validators raise ValueError(msg, attribute, validator, value), or for
+    # number bounds a message starting with the quoted attribute name.
     if len(exc.args) >= 2 and isinstance(exc.args[1], attrs.Attribute):
         return (*path, exc.args[1].name)
-    return path
+    match = _ATTRS_MESSAGE.match(str(exc.args[0])) if exc.args else None
+    return (*path, match.group(1)) if match else path
 
 
 def _message(exc: BaseException) -> str:

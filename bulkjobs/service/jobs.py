@@ -200,7 +200,7 @@ class JobService:
 def _require_active(job: Job) -> None:
     if job.is_terminal:
         raise BulkJobsError(
-            "job_terminal", f"Job {job.id} is already {job.status.value}.", status=job.status.value
+            "job_terminal", f"Job {job.id} is already {job.status.value}.", job_status=job.status.value
         )
 
 

@@ -39,6 +39,8 @@ class JobRun:
     pk: int
     operation: Operation
     remaining: int
+    failed: int = 0
+    max_failed: int | None = None
     started: bool = False
     next_index: int = 0
     buffer: collections.deque[WorkItem] = attrs.field(factory=collections.deque)
@@ -62,6 +64,12 @@ class JobRun:
 Chunk = tuple[JobRun, list[WorkItem]]
 
 
+def _threshold_stop(run: JobRun) -> StopRequest:
+    ratio = run.operation.options.max_failed_ratio or 0.0
+    msg = f"{run.failed} items failed, more than the threshold of {ratio:.0%} of the job"
+    return StopRequest(JobStatus.FAILED, JobError("failure_threshold_exceeded", msg))
+
+
 class Scheduler:
     """Round-robin dispatcher over active jobs; see module doc."""
 
@@ -82,7 +90,15 @@ class Scheduler:
 
     def admit(self, job: Job, operation: Operation) -> JobRun:
         """Add an active job to the rotation."""
-        run = JobRun(job.id, job.pk, operation, remaining=job.total_items - job.processed)
+        ratio = operation.options.max_failed_ratio
+        run = JobRun(
+            job.id,
+            job.pk,
+            operation,
+            remaining=job.total_items - job.processed,
+            failed=job.failed,
+            max_failed=None if ratio is None else int(ratio * job.total_items),
+        )
         run.started = job.status is JobStatus.RUNNING
         self._runs.append(run)
         self._by_id[job.id] = run
@@ -107,11 +123,14 @@ class Scheduler:
             run.stop = stop
             self._finish_if_idle(run)
 
-    def chunk_done(self, run: JobRun, size: int) -> None:
+    def chunk_done(self, run: JobRun, size: int, failed: int) -> None:
         """A worker finished a chunk (its outcomes are already queued to the writer)."""
         run.in_flight -= 1
         run.remaining -= size
+        run.failed += failed
         self._busy[run.operation.name] -= 1
+        if run.max_failed is not None and run.failed > run.max_failed:
+            self.request_stop(run, _threshold_stop(run))
         self._finish_if_idle(run)
         self._wake.set()
 

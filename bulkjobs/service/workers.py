@@ -178,19 +178,23 @@ class WorkerPool:
             run, chunk = await self._queue.get()
             self.busy += 1
             self._idle.clear()
+            failed = 0
             try:
-                await self._work(run, chunk)
+                failed = await self._work(run, chunk)
             finally:
                 self.busy -= 1
                 if not self.busy:
                     self._idle.set()
-                self._scheduler.chunk_done(run, len(chunk))
+                self._scheduler.chunk_done(run, len(chunk), failed)
                 self._queue.task_done()
 
-    async def _work(self, run: JobRun, chunk: list[WorkItem]) -> None:
+    async def _work(self, run: JobRun, chunk: list[WorkItem]) -> int:
+        """Run the chunk and queue its outcomes; return how many items failed."""
         if run.stopping:
-            return
+            return 0
         rows = await self._executor.run_chunk(run, chunk)
-        if rows:
-            ok = sum(1 for r in rows if r[0] == ItemStatus.SUCCEEDED.value)
-            await self._writer.put(Outcomes(run.pk, rows, ok, len(rows) - ok))
+        if not rows:
+            return 0
+        ok = sum(1 for r in rows if r[0] == ItemStatus.SUCCEEDED.value)
+        await self._writer.put(Outcomes(run.pk, rows, ok, len(rows) - ok))
+        return len(rows) - ok
