@@ -171,10 +171,15 @@ async def test_cancel_mid_job_keeps_finished_and_running_items(
     await gate.entered.wait()
     cancel = asyncio.create_task(client.post(f"/bulk-jobs/{body['id']}/cancel"))
     engine = client.app[ENGINE]
+    seq = 0
+    while True:  # wait until the cancel request is recorded (the hub publishes it)
+        event = await engine.hub.wait_changed(body["id"], seq, 5)
+        assert event is not None
+        if event.job.cancel_requested_at is not None:
+            break
+        seq = event.seq
     run = engine.scheduler.get(body["id"])
-    assert run is not None
-    while not run.stopping:  # the request reached the scheduler
-        await asyncio.sleep(0)
+    assert run is not None and run.stopping
     gate.opened.set()  # the two items in flight now finish
     resp = await cancel
     job = await resp.json()

@@ -199,9 +199,8 @@ class JobService:
 
 def _require_active(job: Job) -> None:
     if job.is_terminal:
-        raise BulkJobsError(
-            "job_terminal", f"Job {job.id} is already {job.status.value}.", job_status=job.status.value
-        )
+        detail = f"Job {job.id} is already {job.status.value}."
+        raise BulkJobsError("job_terminal", detail, job_status=job.status.value)
 
 
 def _job_status(value: str | None) -> JobStatus | None:
