@@ -25,6 +25,9 @@ SERVE_FLAGS: list[tuple[str, str, str]] = [
     ("--default-ttl-s", "default_ttl_s", "how long finished jobs are kept, by default"),
     ("--shutdown-grace-s", "shutdown_grace_s", "how long SIGTERM waits for items in flight"),
     ("--sqlite-synchronous", "sqlite_synchronous", "NORMAL (crash-safe) or FULL (power-safe)"),
+    ("--sse-heartbeat-s", "sse_heartbeat_s", "seconds between SSE comment heartbeats"),
+    ("--sse-max-streams", "sse_max_streams", "open SSE streams before 503"),
+    ("--long-poll-max-s", "long_poll_max_s", "longest accepted ?wait= on GET /bulk-jobs/{id}"),
 ]
 
 

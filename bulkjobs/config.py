@@ -42,6 +42,14 @@ class Settings:
     )
     busy_timeout_ms: int = 10_000
     retry_after_s: int = 1
+    # live progress (SSE and long-poll)
+    progress_interval_ms: float = 100.0  # progress fan-out per job: at most ~10/s
+    sse_heartbeat_s: float = 15.0
+    sse_retry_ms: int = 3000
+    sse_max_streams: int = 1000
+    sse_buffer_events: int = 32
+    sse_send_timeout_s: float = 30.0
+    long_poll_max_s: float = 60.0
 
     @property
     def queue_size(self) -> int:

@@ -87,6 +87,13 @@ CATALOG: dict[str, ProblemType] = {
             "Too many items are waiting; retry after the time in `Retry-After`.",
         ),
         ProblemType(
+            "too_many_streams",
+            503,
+            "Too many event streams",
+            "The server's cap on open event streams is reached; retry after `Retry-After`"
+            " or poll the job instead.",
+        ),
+        ProblemType(
             "shutting_down",
             503,
             "Shutting down",

@@ -38,7 +38,7 @@ class Engine:
             synchronous=settings.sqlite_synchronous,
             busy_timeout_ms=settings.busy_timeout_ms,
         )
-        self.hub = EventHub()
+        self.hub = EventHub(progress_interval_s=settings.progress_interval_ms / 1000)
         self.writer = ResultWriter(
             self.store,
             self._on_commit,

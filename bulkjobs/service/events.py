@@ -4,6 +4,11 @@ number, kept in a short per-job history and fanned out to bounded subscribers.
 A slow subscriber never grows memory: its buffer holds at most `maxsize` events and,
 when full, progress events are coalesced (only the latest counts are kept) while
 status transitions are always kept.
+
+Progress is also coalesced at the source: a job fans out at most one progress event
+per `progress_interval_s` (the newest one held back is delivered when the interval
+ends), so 1,000 subscribers of a job committing 200 times a second cost 10 fan-outs a
+second, not 200. Status transitions are never held back.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import attrs
 from ..models import Job, format_ts
 
 HISTORY_PER_JOB = 64
+PROGRESS_INTERVAL_S = 0.1
 _FORGET_AFTER_S = 300.0
 
 
@@ -105,12 +111,20 @@ class Subscription:
 class EventHub:
     """Per-job histories and subscribers; all methods run on the event loop."""
 
-    def __init__(self, history: int = HISTORY_PER_JOB) -> None:
+    def __init__(
+        self, history: int = HISTORY_PER_JOB, progress_interval_s: float = PROGRESS_INTERVAL_S
+    ) -> None:
         self._history: dict[str, collections.deque[JobEvent]] = {}
         self._subscribers: dict[str, set[Subscription]] = {}
         self._last_status: dict[str, str] = {}
         self._terminal_at: dict[str, float] = {}
         self._history_len = history
+        self._progress_interval_s = progress_interval_s
+        # Resume is possible from any seq >= floor: events after it are all in history.
+        self._floor: dict[str, int] = {}
+        self._fanned_at: dict[str, float] = {}
+        self._held: dict[str, JobEvent] = {}
+        self._flush_timers: dict[str, asyncio.TimerHandle] = {}
 
     def publish(self, job: Job) -> JobEvent:
         """Record a committed change of `job` and hand it to every subscriber."""
@@ -118,13 +132,50 @@ class EventHub:
         kind = "status" if previous != job.status.value else "progress"
         self._last_status[job.id] = job.status.value
         event = JobEvent(seq=job.seq, job_id=job.id, type=kind, job=job)
-        hist = self._history.setdefault(job.id, collections.deque(maxlen=self._history_len))
-        hist.append(event)
-        for sub in self._subscribers.get(job.id, ()):
-            sub.push(event)
+        if kind == "progress" and self._hold(event):
+            return event
+        self._deliver(event)
         if job.is_terminal:
             self._mark_terminal(job.id)
         return event
+
+    def _hold(self, event: JobEvent) -> bool:
+        """Hold back a progress event when its job fanned one out less than an interval ago."""
+        loop = asyncio.get_running_loop()
+        last = self._fanned_at.get(event.job_id)
+        if last is None or loop.time() >= last + self._progress_interval_s:
+            return False
+        self._held[event.job_id] = event
+        if event.job_id not in self._flush_timers:
+            due = last + self._progress_interval_s
+            self._flush_timers[event.job_id] = loop.call_at(due, self._flush, event.job_id)
+        return True
+
+    def _flush(self, job_id: str) -> None:
+        self._flush_timers.pop(job_id, None)
+        event = self._held.pop(job_id, None)
+        if event is not None:
+            self._deliver(event)
+
+    def _drop_held(self, job_id: str) -> None:
+        self._held.pop(job_id, None)
+        timer = self._flush_timers.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _deliver(self, event: JobEvent) -> None:
+        self._drop_held(event.job_id)  # a newer event supersedes held progress
+        if event.type == "progress":
+            self._fanned_at[event.job_id] = asyncio.get_running_loop().time()
+        hist = self._history.get(event.job_id)
+        if hist is None:
+            hist = self._history[event.job_id] = collections.deque(maxlen=self._history_len)
+            self._floor[event.job_id] = event.seq - 1
+        elif len(hist) == hist.maxlen:
+            self._floor[event.job_id] = hist[0].seq
+        hist.append(event)
+        for sub in self._subscribers.get(event.job_id, ()):
+            sub.push(event)
 
     def _mark_terminal(self, job_id: str) -> None:
         now = asyncio.get_running_loop().time()
@@ -137,20 +188,32 @@ class EventHub:
 
     def forget(self, job_id: str) -> None:
         """Drop a job's history (it was deleted, or finished long ago)."""
+        self._drop_held(job_id)
         self._history.pop(job_id, None)
         self._last_status.pop(job_id, None)
         self._terminal_at.pop(job_id, None)
+        self._floor.pop(job_id, None)
+        self._fanned_at.pop(job_id, None)
 
     def latest(self, job_id: str) -> JobEvent | None:
+        """The newest event of the job, including progress still held back."""
+        held = self._held.get(job_id)
+        if held is not None:
+            return held
         hist = self._history.get(job_id)
         return hist[-1] if hist else None
 
     def since(self, job_id: str, seq: int) -> list[JobEvent] | None:
-        """Events after `seq`, or None when the history no longer reaches back that far."""
+        """Events fanned out after `seq`, or None when the history no longer reaches back
+        that far (seqs have gaps where progress was coalesced, hence the floor)."""
         hist = self._history.get(job_id)
-        if not hist or hist[0].seq > seq + 1:
+        if not hist or seq < self._floor[job_id]:
             return None
         return [e for e in hist if e.seq > seq]
+
+    def buffered(self, job_id: str) -> list[int]:
+        """How many events each subscriber of the job has waiting (for tests and metrics)."""
+        return [len(sub) for sub in self._subscribers.get(job_id, ())]
 
     def subscribe(self, job_id: str, maxsize: int = 32) -> Subscription:
         sub = Subscription(self, job_id, maxsize)

@@ -11,12 +11,14 @@ from ..config import Settings
 from ..registry import Registry, load_registry
 from ..service.engine import Engine
 from ..service.jobs import JobService
+from . import dashboard, sse
 from . import routes as job_routes
-from .keys import ENGINE, SERVICE, SETTINGS
+from .keys import ENGINE, SERVICE, SETTINGS, STREAMS
 from .problems import problem_middleware
+from .slots import StreamSlots
 
 #: Every route table of the API; each is mounted under the configured base path.
-ROUTE_TABLES: list[web.RouteTableDef] = [job_routes.routes]
+ROUTE_TABLES: list[web.RouteTableDef] = [job_routes.routes, sse.routes, dashboard.routes]
 
 
 def create_app(
@@ -30,6 +32,7 @@ def create_app(
     app[SETTINGS] = settings
     app[ENGINE] = engine
     app[SERVICE] = JobService(engine)
+    app[STREAMS] = StreamSlots(settings.sse_max_streams)
     for table in ROUTE_TABLES:
         for route in table:
             assert isinstance(route, web.RouteDef)

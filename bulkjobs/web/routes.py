@@ -13,6 +13,7 @@ from ..errors import BulkJobsError
 from ..models import Job
 from ..service.jobs import MAX_PAGE, Page
 from .keys import ENGINE, SERVICE, SETTINGS
+from .polling import read_job
 from .representation import etag, item_json, job_json, retry_after_s
 
 routes = web.RouteTableDef()
@@ -97,7 +98,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 @routes.get("/bulk-jobs/{job_id}")
 async def get_job(request: web.Request) -> web.Response:
-    job = await request.app[SERVICE].get(request.match_info["job_id"])
+    job = await read_job(request)  # honours ?wait= (long-poll)
     headers = _job_headers(request, job)
     if request.headers.get("If-None-Match") == headers["ETag"]:
         return web.Response(status=304, headers=headers)

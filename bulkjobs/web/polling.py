@@ -1,0 +1,49 @@
+"""Cheap polling of one job: long-poll with `?wait=S` on top of ETags.
+
+`GET /bulk-jobs/{id}?wait=S` answers at once when the client's `If-None-Match` is
+already stale or the job is terminal; otherwise it waits on the event hub for the
+next change (at most S seconds, S <= `long_poll_max_s`). Without `If-None-Match`
+the client's state is taken to be the current one.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..errors import BulkJobsError
+from ..models import Job
+from .keys import ENGINE, SERVICE, SETTINGS
+from .representation import etag
+
+
+async def read_job(request: web.Request) -> Job:
+    """The job, after waiting for a change when the request asks for a long-poll."""
+    job = await request.app[SERVICE].get(request.match_info["job_id"])
+    wait_s = wait_seconds(request)
+    engine = request.app[ENGINE]
+    if wait_s == 0 or job.is_terminal or engine.draining:
+        return job
+    known = request.headers.get("If-None-Match")
+    if known is not None and known != etag(job):
+        return job  # the client is already behind: answer now
+    event = await engine.hub.wait_changed(job.id, job.seq, wait_s)
+    return job if event is None else event.job
+
+
+def wait_seconds(request: web.Request) -> float:
+    """`?wait=` as seconds (0 when absent); `invalid_request` when out of range."""
+    raw = request.query.get("wait")
+    if raw is None:
+        return 0.0
+    limit = request.app[SETTINGS].long_poll_max_s
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= limit:  # also rejects nan
+        raise BulkJobsError(
+            "invalid_request",
+            f"`wait` must be a number of seconds from 0 to {limit:g}.",
+            parameter="wait",
+        )
+    return value
