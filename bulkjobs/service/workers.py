@@ -106,6 +106,8 @@ class Executor:
     async def _attempt(self, op: Operation, args: tuple[Any, ...]) -> Attempt:
         timeout_s = op.options.timeout_s
         try:
+            if timeout_s is None:  # the hot path: no timer per item
+                return ("ok", await call_handler(op.handler, op.is_async, *args))
             async with asyncio.timeout(timeout_s) as scope:
                 return ("ok", await call_handler(op.handler, op.is_async, *args))
         except ItemFailed as err:
