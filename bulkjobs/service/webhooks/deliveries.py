@@ -1,0 +1,91 @@
+"""Webhook use cases for the HTTP layer: vet a subscription at submit, list a job's
+messages with their attempts, redeliver one."""
+
+from __future__ import annotations
+
+import attrs
+
+from ...errors import BulkJobsError
+from ...models import Job, utcnow
+from ...store.webhooks import Attempt, Message, NewWebhook, Subscription, WebhookStore
+from .dispatcher import WebhookDispatcher
+from .subscription import WebhookSpec
+from .targets import ForbiddenTarget, check_target
+
+
+@attrs.frozen
+class Delivery:
+    """One message and its attempts, as listed."""
+
+    message: Message
+    attempts: list[Attempt]
+
+
+@attrs.frozen
+class DeliveryPage:
+    subscription: Subscription | None
+    data: list[Delivery]
+    next_after: int | None
+
+
+class WebhookService:
+    """What the web layer may ask about webhooks; jobs are looked up by the caller."""
+
+    def __init__(
+        self,
+        store: WebhookStore,
+        dispatcher: WebhookDispatcher,
+        *,
+        allow_private: bool,
+        progress_interval_s: float,
+    ) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+        self._allow_private = allow_private
+        self._progress_interval_ms = int(progress_interval_s * 1000)
+
+    async def vet(self, spec: WebhookSpec | None) -> NewWebhook | None:
+        """The subscription to store with a job, once its target has passed the checks."""
+        if spec is None:
+            return None
+        if not self._dispatcher.config.keys:
+            raise BulkJobsError(
+                "webhooks_not_configured",
+                "This server has no webhook signing secret (BULKJOBS_WEBHOOK_SECRETS).",
+            )
+        await self._check(spec.url)
+        return NewWebhook(spec.url, spec.events, self._progress_interval_ms)
+
+    async def _check(self, url: str) -> None:
+        try:
+            await check_target(url, self._allow_private)
+        except ForbiddenTarget as exc:
+            raise BulkJobsError("webhook_url_forbidden", str(exc), pointer="/webhook/url") from None
+        except (OSError, TimeoutError):
+            raise BulkJobsError(
+                "webhook_url_unresolvable",
+                "The webhook URL's host does not resolve.",
+                pointer="/webhook/url",
+            ) from None
+
+    async def list(self, job: Job, after_pk: int, limit: int) -> DeliveryPage:
+        """A page of the job's messages, oldest first, each with all its attempts."""
+        messages = await self._store.messages(job.pk, after_pk, limit + 1)
+        more = len(messages) > limit
+        messages = messages[:limit]
+        attempts = await self._store.attempts([m.pk for m in messages])
+        data = [Delivery(m, attempts[m.pk]) for m in messages]
+        sub = await self._store.subscription(job.pk)
+        return DeliveryPage(sub, data, messages[-1].pk if more else None)
+
+    async def redeliver(self, job: Job, msg_id: str) -> Delivery:
+        """Send a message again now (it keeps its id); re-enables a stopped subscription."""
+        found = await self._store.message(job.pk, msg_id)
+        if found is None:
+            raise BulkJobsError(
+                "webhook_message_not_found", f"Job {job.id} has no webhook message {msg_id!r}."
+            )
+        message = await self._store.redeliver(found.pk, utcnow())
+        self._dispatcher.wake()
+        attempts = await self._store.attempts([message.pk])
+        return Delivery(message, attempts[message.pk])

@@ -1,0 +1,285 @@
+"""The webhook dispatcher: one task that sends due outbox messages, each delivery in
+its own task, at most `concurrency` at once and at most `per_host` to one origin, so
+a slow or failing endpoint never holds up others and never touches the workers.
+
+Every attempt is recorded with its outcome and the time of the next one; a message
+in flight when the process dies is still pending in the outbox and is sent again
+(same `webhook-id`) after a restart: delivery is at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import attrs
+from yarl import URL
+
+from ... import jsonutil
+from ...config import Settings
+from ...models import Job, format_ts, utcnow
+from ...signing import parse_secrets, sign
+from ...store.webhooks import Attempt, AttemptRecord, Message, MessageStatus, WebhookStore
+from .policy import Verdict, judge, next_attempt, parse_schedule, retry_after_s
+from .targets import ForbiddenTarget, GuardedResolver, check_target
+
+logger = logging.getLogger(__name__)
+
+RenderJob = Callable[[Job], dict[str, Any]]
+USER_AGENT = "bulkjobs-webhooks/1"
+_SCAN_PAGE = 200
+_MAX_SCAN = 5000
+_MAX_IDLE_S = 60.0
+
+
+@attrs.frozen
+class DispatcherConfig:
+    keys: tuple[bytes, ...]
+    schedule: tuple[float, ...]
+    timeout_s: float
+    concurrency: int
+    allow_private: bool
+
+    @property
+    def per_host(self) -> int:
+        return max(1, self.concurrency // 2)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> DispatcherConfig:
+        return cls(
+            keys=tuple(parse_secrets(s.webhook_secrets)),
+            schedule=parse_schedule(s.webhook_retry_schedule_s),
+            timeout_s=s.webhook_timeout_s,
+            concurrency=max(1, s.webhook_concurrency),
+            allow_private=s.webhook_allow_private,
+        )
+
+
+@attrs.define
+class DeliveryStats:
+    """Counters since start (exported as metrics)."""
+
+    attempts: int = 0
+    delivered: int = 0
+    failed: int = 0
+    retrying: int = 0  # retries scheduled
+    gone: int = 0
+
+
+@attrs.frozen
+class _Answer:
+    status_code: int | None = None
+    error: str | None = None
+    retry_after: str | None = None
+    forbidden: bool = False
+
+
+def plain_job(job: Job) -> dict[str, Any]:
+    """A minimal representation, for engines built without the web layer's renderer."""
+    return {"id": job.id, "status": job.status.value, "progress": job.progress}
+
+
+class WebhookDispatcher:
+    """Sends outbox messages; owned and cancelled by the engine."""
+
+    def __init__(
+        self, store: WebhookStore, config: DispatcherConfig, render_job: RenderJob = plain_job
+    ) -> None:
+        self._store = store
+        self.config = config
+        self._render_job = render_job
+        self._wake = asyncio.Event()
+        self._seen_seq = -1
+        self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._host_load: collections.Counter[str] = collections.Counter()
+        self.stats = DeliveryStats()
+
+    def notify(self) -> None:
+        """Called after each group commit: wake up only when the outbox grew."""
+        if self._store.outbox_seq != self._seen_seq:
+            self._seen_seq = self._store.outbox_seq
+            self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Deliver until cancelled; deliveries in flight are cancelled with it."""
+        async with self._open_session() as session:
+            try:
+                await self._loop(session)
+            finally:
+                await self._cancel_inflight()
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            resolver=GuardedResolver(self.config.allow_private),
+            limit=self.config.concurrency,
+            use_dns_cache=False,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    async def _loop(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            self._wake.clear()
+            started = await self._start_due(session)
+            delay = await self._idle_delay(started)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    async def _start_due(self, session: aiohttp.ClientSession) -> int:
+        started = scanned = 0
+        after: tuple[int, int] | None = None
+        now = utcnow()
+        while self._free_slots() and scanned < _MAX_SCAN:
+            page = await self._store.due(now, after, _SCAN_PAGE)
+            started += sum(self._maybe_start(session, m) for m in page)
+            scanned += len(page)
+            if len(page) < _SCAN_PAGE:
+                break
+            last = page[-1]
+            assert last.next_attempt_at is not None
+            after = (int(last.next_attempt_at.timestamp() * 1000), last.pk)
+        return started
+
+    def _free_slots(self) -> int:
+        return self.config.concurrency - len(self._inflight)
+
+    def _maybe_start(self, session: aiohttp.ClientSession, m: Message) -> bool:
+        host = str(URL(m.url).origin())
+        if m.pk in self._inflight or not self._free_slots():
+            return False
+        if self._host_load[host] >= self.config.per_host:
+            return False
+        task = asyncio.create_task(self._deliver(session, m), name=f"webhook-{m.id}")
+        self._inflight[m.pk] = task
+        self._host_load[host] += 1
+        task.add_done_callback(lambda t: self._finished(t, m.pk, host))
+        return True
+
+    def _finished(self, task: asyncio.Task[None], pk: int, host: str) -> None:
+        self._inflight.pop(pk, None)
+        self._host_load[host] -= 1
+        if self._host_load[host] <= 0:
+            del self._host_load[host]
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("webhook delivery %s crashed", task.get_name(), exc_info=task.exception())
+
+    async def _idle_delay(self, started: int) -> float | None:
+        """How long to wait for a wake-up: until the next due message, or for a slot."""
+        if not self._free_slots():
+            return None  # a finishing delivery wakes us
+        upcoming = await self._store.next_due(len(self._inflight) + 1)
+        due = next((at for pk, at in upcoming if pk not in self._inflight), None)
+        if due is None:
+            return None
+        delay = (due - utcnow()).total_seconds()
+        if delay <= 0 and not started:
+            return None  # due but held back by a per-host limit: wait for a finish
+        return min(max(delay, 0.0), _MAX_IDLE_S)
+
+    async def _cancel_inflight(self) -> None:
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- one delivery ----------------------------------------------------------------
+
+    async def _deliver(self, session: aiohttp.ClientSession, m: Message) -> None:
+        at = utcnow()
+        started = time.perf_counter()
+        answer = await self._try(session, m)
+        duration_ms = int((time.perf_counter() - started) * 1000)
+        record = self._decide(m, Attempt(at, duration_ms, answer.status_code, answer.error), answer)
+        await self._store.record(m.pk, record)
+        self._count(record)
+
+    async def _try(self, session: aiohttp.ClientSession, m: Message) -> _Answer:
+        try:
+            await check_target(m.url, self.config.allow_private)
+        except ForbiddenTarget as exc:
+            return _Answer(error=f"forbidden_target: {exc}", forbidden=True)
+        except (OSError, TimeoutError) as exc:
+            return _Answer(error=f"dns_error: {exc or type(exc).__name__}")
+        return await self._post(session, m)
+
+    async def _post(self, session: aiohttp.ClientSession, m: Message) -> _Answer:
+        body = self.body(m)
+        headers = self.headers(m.id, int(time.time()), body)
+        try:
+            async with session.post(
+                m.url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                return _Answer(resp.status, retry_after=resp.headers.get("Retry-After"))
+        except TimeoutError:
+            return _Answer(error=f"timeout: no answer within {self.config.timeout_s:g}s")
+        except aiohttp.ClientConnectorError as exc:
+            forbidden = isinstance(exc.os_error, ForbiddenTarget)
+            return _Answer(error=_describe(exc), forbidden=forbidden)
+        except aiohttp.ClientError as exc:
+            return _Answer(error=_describe(exc))
+
+    def body(self, m: Message) -> bytes:
+        """The message's payload: the same bytes on every attempt."""
+        payload = {
+            "type": m.type,
+            "timestamp": format_ts(m.created_at),
+            "data": self._render_job(m.job),
+        }
+        return jsonutil.dumps(payload)
+
+    def headers(self, msg_id: str, timestamp_s: int, body: bytes) -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp_s),
+            "webhook-signature": sign(list(self.config.keys), msg_id, timestamp_s, body),
+        }
+
+    def _decide(self, m: Message, attempt: Attempt, answer: _Answer) -> AttemptRecord:
+        verdict = Verdict.FAILED if answer.forbidden else judge(answer.status_code)
+        if verdict is Verdict.RETRY:
+            now = utcnow()
+            asked = retry_after_s(answer.retry_after, now)
+            due = next_attempt(self.config.schedule, m.retries, asked, now)
+            if due is not None:
+                return AttemptRecord(
+                    attrs.evolve(attempt, next_attempt_at=due), MessageStatus.PENDING, m.retries + 1
+                )
+            verdict = Verdict.FAILED
+        status = MessageStatus.DELIVERED if verdict is Verdict.DELIVERED else MessageStatus.FAILED
+        return AttemptRecord(attempt, status, m.retries, gone=verdict is Verdict.GONE)
+
+    def _count(self, record: AttemptRecord) -> None:
+        self.stats.attempts += 1
+        if record.status is MessageStatus.DELIVERED:
+            self.stats.delivered += 1
+        elif record.status is MessageStatus.PENDING:
+            self.stats.retrying += 1
+        else:
+            self.stats.failed += 1
+        self.stats.gone += record.gone
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]

@@ -1,0 +1,79 @@
+"""When to try a webhook message again: the retry schedule, jitter and `Retry-After`.
+
+Pure functions, so the decisions are tested without a network.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+#: Standard Webhooks-style schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
+DEFAULT_SCHEDULE_S = "5,300,1800,7200,18000,36000,50400,72000,86400"
+JITTER = 0.2  # each delay is drawn from ±20 % around its nominal value
+
+
+class Verdict(enum.Enum):
+    DELIVERED = "delivered"
+    RETRY = "retry"  # network error, timeout, 408, 429, 5xx
+    FAILED = "failed"  # any other answer: retrying would not change it
+    GONE = "gone"  # 410: the endpoint is gone; stop the subscription
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """Delays in seconds from a comma-separated list; empty means no retries."""
+    delays = tuple(float(part) for part in text.replace(" ", "").split(",") if part)
+    if any(d < 0 for d in delays):
+        raise ValueError("webhook retry delays must not be negative")
+    return delays
+
+
+def judge(status_code: int | None) -> Verdict:
+    """What an HTTP status (None: no answer at all) means for the message."""
+    if status_code is None or status_code in (408, 429) or status_code >= 500:
+        return Verdict.RETRY
+    if 200 <= status_code < 300:
+        return Verdict.DELIVERED
+    if status_code == 410:
+        return Verdict.GONE
+    return Verdict.FAILED
+
+
+def retry_after_s(value: str | None, now: datetime) -> float | None:
+    """Seconds asked for by a `Retry-After` header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def next_attempt(
+    schedule: tuple[float, ...],
+    retries: int,
+    asked_s: float | None,
+    now: datetime,
+    rng: random.Random | None = None,
+) -> datetime | None:
+    """When retry number `retries + 1` is due, or None when the schedule is spent.
+
+    A `Retry-After` the endpoint asked for replaces the scheduled delay (never beyond
+    the longest delay of the schedule); otherwise the delay gets jitter so that many
+    messages failing together do not retry together.
+    """
+    if retries >= len(schedule):
+        return None
+    if asked_s is not None:
+        delay = min(asked_s, max(schedule))
+    else:
+        delay = schedule[retries] * (1 + (rng or random).uniform(-JITTER, JITTER))
+    return now + timedelta(seconds=delay)

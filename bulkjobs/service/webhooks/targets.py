@@ -1,0 +1,106 @@
+"""Where webhooks may go: URL rules and the address check that keeps them off
+internal networks (SSRF).
+
+The address check runs at submit and again at every delivery, and the delivery
+session resolves names through `GuardedResolver`, which applies the same check to
+the addresses it actually connects to, so a DNS answer that changes after the
+check (rebinding) cannot reach an internal host either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Any
+
+from aiohttp.abc import ResolveResult
+from aiohttp.resolver import ThreadedResolver
+from yarl import URL
+
+MAX_URL_LENGTH = 2048
+DNS_TIMEOUT_S = 5.0
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class ForbiddenTarget(OSError):
+    """The target resolves to an address webhooks may not reach."""
+
+
+def url_problem(text: Any) -> str | None:
+    """Why `text` is not an acceptable webhook URL, or None when it is."""
+    if not isinstance(text, str) or not text:
+        return "must be a non-empty string"
+    if len(text) > MAX_URL_LENGTH:
+        return f"must be at most {MAX_URL_LENGTH} characters"
+    try:
+        url = URL(text)
+    except ValueError:
+        return "is not a valid URL"
+    if url.scheme not in ("http", "https") or not url.is_absolute():
+        return "must be an absolute http or https URL"
+    if url.user is not None or url.password is not None or "@" in (url.raw_authority or ""):
+        return "must not contain credentials"
+    if not url.host:
+        return "must name a host"
+    return None
+
+
+def is_forbidden(addr: IPAddress) -> bool:
+    """True for loopback, private, link-local, multicast, unspecified and other non-public."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_multicast or not addr.is_global
+
+
+def _literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address `host` resolves to (through the loop's getaddrinfo)."""
+    literal = _literal(host)
+    if literal is not None:
+        return [literal]
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(DNS_TIMEOUT_S):
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+
+
+async def check_target(url: str, allow_private: bool) -> None:
+    """Raise `ForbiddenTarget` when `url`'s host resolves to a non-public address.
+
+    Resolution failures propagate as `OSError` (`socket.gaierror`) or `TimeoutError`.
+    """
+    parsed = URL(url)
+    addrs = await resolve(parsed.raw_host or "", parsed.port or 0)
+    _refuse_forbidden(parsed.raw_host or "", addrs, allow_private)
+
+
+def _refuse_forbidden(host: str, addrs: list[IPAddress], allow_private: bool) -> None:
+    if allow_private:
+        return
+    for addr in addrs:
+        if is_forbidden(addr):
+            raise ForbiddenTarget(f"{host} resolves to {addr}, which is not a public address")
+
+
+class GuardedResolver(ThreadedResolver):
+    """A resolver that refuses names resolving to addresses webhooks may not reach."""
+
+    def __init__(self, allow_private: bool) -> None:
+        super().__init__()
+        self._allow_private = allow_private
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await super().resolve(host, port, family)
+        addrs = [ipaddress.ip_address(r["host"].split("%", 1)[0]) for r in results]
+        _refuse_forbidden(host, addrs, self._allow_private)
+        return results
