@@ -1,0 +1,84 @@
+"""The dashboard driven by real headless Chromium (Debian's /usr/bin/chromium) through
+Playwright: submit a demo job, watch its bar reach 100% over EventSource."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from bulkjobs.web.keys import ENGINE
+from tests.conftest import ClientFactory
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = os.environ.get("BULKJOBS_CHROMIUM", "/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.slow,
+    # CI installs chromium (.ci/run), so there this test never skips.
+    pytest.mark.skipif(
+        shutil.which(CHROMIUM) is None and not os.environ.get("CI"),
+        reason=f"no Chromium at {CHROMIUM}",
+    ),
+]
+
+
+async def test_dashboard_submits_a_demo_job_and_follows_it_live(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    client: TestClient = await make_client()
+    expect = playwright_api.expect
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            streams: list[str] = []
+            page.on("request", lambda r: streams.append(r.url) if "/events" in r.url else None)
+
+            await page.goto(str(client.make_url("/")))
+            await expect(page.locator("#jobs-empty")).to_be_visible()
+            await page.select_option("#demo-operation", "sleep")
+            await page.fill("#demo-items", "3000")
+            await page.fill("#demo-ms", "1")
+            await page.fill("#demo-fail", "100")
+            await page.click("#demo-submit")
+
+            await expect(page.locator("#detail")).to_be_visible()
+            await expect(page.locator("#detail-progress")).to_have_text("100%", timeout=60_000)
+            await expect(page.locator("#detail-status")).to_have_text("completed")
+            row = page.locator("#jobs-body tr").first
+            await expect(row.locator("[data-role=status]")).to_have_text("completed")
+            await expect(row.locator("[data-role=pct]")).to_have_text("100%")
+            # Every 100th item fails: 30 failures, paged 20 at a time.
+            await expect(page.locator("#failures-body tr")).to_have_count(20)
+            await page.click("#failures-more")
+            await expect(page.locator("#failures-body tr")).to_have_count(30)
+            await expect(page.locator("#detail-counts")).to_contain_text("30 failed")
+            await expect(page.locator("#detail-cancel")).to_be_disabled()
+            await page.evaluate("window.scrollTo(0, 0)")
+            await page.screenshot(path=str(tmp_path / "dashboard.png"))
+        finally:
+            await browser.close()
+
+    assert streams, "the page never opened an EventSource"
+    assert errors == []
+    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+    assert client.app[ENGINE].hub.subscriber_count == 0  # the page closed its stream
+
+
+async def test_dashboard_assets_are_served_and_nothing_else(client: TestClient) -> None:
+    page = await client.get("/")
+    assert page.status == 200 and page.content_type == "text/html"
+    html = await page.text()
+    assert "dashboard/dashboard.js" in html and "http" not in html.split("<body>")[1]
+    for name, kind in (("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")):
+        resp = await client.get(f"/dashboard/{name}")
+        assert resp.status == 200 and resp.content_type == kind
+    missing = await client.get("/dashboard/..%2Fsse.py")
+    assert missing.status == 404
+    assert (await missing.json())["code"] == "not_found"
