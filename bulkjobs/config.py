@@ -29,6 +29,10 @@ class Settings:
     default_ttl_s: int = 7 * 24 * 3600
     min_ttl_s: int = 60
     max_ttl_s: int = 90 * 24 * 3600
+    tombstone_s: int = 7 * 24 * 3600  # deleted/expired job URLs answer 410, then 404
+    idempotency_ttl_s: int = 24 * 3600  # Idempotency-Key records are kept at least this long
+    janitor_interval_s: float = 30.0
+    janitor_batch_jobs: int = 100
     # scheduling and group commit
     queue_chunks: int = 0  # 0 = 2 x workers
     commit_max_rows: int = 2000

@@ -48,7 +48,57 @@ CATALOG: dict[str, ProblemType] = {
             "job_not_terminal",
             409,
             "Job still active",
-            "The job is pending or running; only finished jobs can be deleted.",
+            "The job is pending or running; deleting it, retrying its failures or downloading"
+            " its results needs a finished job (results also accept `partial=true`).",
+        ),
+        ProblemType(
+            "no_failed_items",
+            409,
+            "Nothing to retry",
+            "The job has no failed items, so a retry job would be empty.",
+        ),
+        ProblemType(
+            "job_deleted",
+            410,
+            "Job deleted",
+            "The job was deleted (see `deleted_at`); its URL answers 410 for a while, then 404.",
+        ),
+        ProblemType(
+            "job_expired",
+            410,
+            "Job expired",
+            "The job outlived its retention period and was removed (see `deleted_at`).",
+        ),
+        ProblemType(
+            "unsupported_format",
+            400,
+            "Unsupported result format",
+            "`format` must be `ndjson` or `csv`.",
+        ),
+        ProblemType(
+            "not_acceptable",
+            406,
+            "Not acceptable",
+            "The `Accept` header names no format this resource offers"
+            " (`application/x-ndjson`, `text/csv`).",
+        ),
+        ProblemType(
+            "invalid_status_filter",
+            400,
+            "Invalid status filter",
+            "`status` must be one of `succeeded`, `failed`, `cancelled`, `pending`.",
+        ),
+        ProblemType(
+            "invalid_idempotency_key",
+            400,
+            "Invalid Idempotency-Key",
+            "The `Idempotency-Key` header must be 1 to 255 printable ASCII characters.",
+        ),
+        ProblemType(
+            "idempotency_key_reused",
+            422,
+            "Idempotency-Key reused",
+            "This `Idempotency-Key` was already used with a different request body.",
         ),
         ProblemType(
             "payload_too_large",

@@ -21,3 +21,8 @@ def dumps_str(value: Any) -> str:
 def loads(data: bytes | str) -> Any:
     """Parse JSON; raises `JSONDecodeError` (a `ValueError`) on bad input."""
     return orjson.loads(data)
+
+
+def raw_json(data: bytes) -> Any:
+    """Already-encoded JSON, embedded as is by `dumps` (no parse and re-encode)."""
+    return orjson.Fragment(data)

@@ -18,6 +18,7 @@ from ..models import Job, JobError, JobStatus
 from ..registry import LifespanInfo, Registry
 from ..store import Store, open_store
 from .events import EventHub
+from .retention import Janitor
 from .scheduler import Chunk, Scheduler, StopRequest
 from .workers import WorkerPool
 from .writer import ResultWriter, Transition
@@ -50,6 +51,13 @@ class Engine:
         self.workers = WorkerPool(self.queue, self.scheduler, self.writer, settings.workers)
         self.draining = False
         self._purge_wake = asyncio.Event()
+        self.janitor = Janitor(
+            self.store,
+            tombstone_s=settings.tombstone_s,
+            interval_s=settings.janitor_interval_s,
+            batch_jobs=settings.janitor_batch_jobs,
+            on_removed=self._on_removed,
+        )
         self._lifespans = contextlib.AsyncExitStack()
         self._writer_task: asyncio.Task[None] | None = None
         self._intake_tasks: list[asyncio.Task[None]] = []
@@ -68,6 +76,7 @@ class Engine:
         self._intake_tasks = [
             self._spawn(self.scheduler.run(), "bulkjobs-scheduler"),
             self._spawn(self._purge_loop(), "bulkjobs-purger"),
+            self._spawn(self.janitor.run(), "bulkjobs-janitor"),
         ]
         self._tasks = [
             self._spawn(self.workers.run_worker(), f"bulkjobs-worker-{i}")
@@ -120,6 +129,10 @@ class Engine:
 
     def wake_purger(self) -> None:
         self._purge_wake.set()
+
+    def _on_removed(self, job: Job) -> None:
+        self.hub.forget(job.id)
+        self.wake_purger()
 
     async def _purge_loop(self) -> None:
         while True:

@@ -8,15 +8,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from collections.abc import AsyncGenerator
 from typing import Generic, TypeVar
 
 import attrs
 
-from ..errors import BulkJobsError, job_not_found
+from ..errors import BulkJobsError
 from ..models import ItemRecord, ItemStatus, Job, JobStatus, new_job_id, utcnow
+from ..registry import Operation
 from ..store import JobFilter
+from ..store.base import ResultRow
 from .engine import Engine
+from .idempotency import check_key, matching_job_id, new_record, request_hash
 from .intake import IntakeLimits, Submission, parse_body, prepare
+from .results import parse_status_filter, require_downloadable, result_pages
+from .retention import missing_job
 from .scheduler import StopRequest
 
 T = TypeVar("T")
@@ -121,7 +127,7 @@ class JobService:
     async def get(self, job_id: str, tenant: str = "default") -> Job:
         job = await self.engine.store.get_job(job_id)
         if job is None or job.tenant != tenant:
-            raise job_not_found(job_id)
+            raise await missing_job(self.engine.store, job_id, tenant)
         return job
 
     async def list_jobs(
@@ -192,9 +198,97 @@ class JobService:
             raise BulkJobsError(
                 "job_not_terminal", f"Job {job_id} is {job.status.value}; cancel it first."
             )
-        await self.engine.store.delete_job(job.pk)
-        self.engine.hub.forget(job.id)
-        self.engine.wake_purger()
+        await self.engine.janitor.remove(job, "deleted")
+
+    # -- idempotent submit, retry, lineage, results ---------------------------
+
+    async def submit_once(self, raw: bytes, key: str, tenant: str = "default") -> tuple[Job, bool]:
+        """Submit under an `Idempotency-Key`: (the job, True when it was created before)."""
+        key = check_key(key)
+        digest = await asyncio.to_thread(request_hash, raw) if len(raw) > 1 << 20 else None
+        digest = digest or request_hash(raw)
+        found = await self.engine.store.get_idempotency(tenant, key)
+        if found is not None and found.expires_at > utcnow():
+            return await self.get(matching_job_id(found, digest), tenant), True
+        if self.engine.draining:
+            raise BulkJobsError("shutting_down", "The server is shutting down.", retry_after_s=5)
+        sub = await self._prepare(raw)
+        self._reserve(len(sub.rows))
+        try:
+            job = _new_job(sub.operation.name, len(sub.rows), tenant, sub.ttl_s)
+            ttl_s = self.engine.settings.idempotency_ttl_s
+            record = new_record(tenant, key, digest, job.id, job.created_at, ttl_s)
+            found = await self.engine.store.create_job_once(job, sub.rows, record)
+        finally:
+            self._reserved_items -= len(sub.rows)
+        if found is not None:  # a concurrent twin stored it first
+            return await self.get(matching_job_id(found, digest), tenant), True
+        return await self._admit(record.job_id), False
+
+    async def retry(self, job_id: str, tenant: str = "default") -> Job:
+        """A new job of the same operation from the failed items of a finished job."""
+        source = await self.get(job_id, tenant)
+        op = self._retryable(source)
+        self._reserve(source.failed)
+        try:
+            job = _new_job(op.name, source.failed, tenant, source.ttl_s)
+            await self.engine.store.create_retry_job(job, source)
+        finally:
+            self._reserved_items -= source.failed
+        return await self._admit(job.id)
+
+    def _retryable(self, source: Job) -> Operation:
+        if not source.is_terminal:
+            raise BulkJobsError(
+                "job_not_terminal",
+                f"Job {source.id} is {source.status.value}; retry its failures once it finishes.",
+                job_status=source.status.value,
+            )
+        if source.failed == 0:
+            raise BulkJobsError("no_failed_items", f"Job {source.id} has no failed items.")
+        op = self.engine.registry.get(source.operation)
+        if op is None:
+            raise BulkJobsError("unknown_operation", f"No operation named {source.operation!r}.")
+        if self.engine.draining:
+            raise BulkJobsError("shutting_down", "The server is shutting down.", retry_after_s=5)
+        return op
+
+    async def _admit(self, job_id: str) -> Job:
+        stored = await self.engine.store.get_job(job_id)
+        assert stored is not None, f"{job_id} vanished right after it was stored"
+        op = self.engine.registry.get(stored.operation)
+        assert op is not None
+        self.engine.hub.publish(stored)
+        self.engine.scheduler.admit(stored, op)
+        return stored
+
+    async def lineage(self, job: Job) -> tuple[str | None, str | None]:
+        """(the job this one retries, the newest job retrying this one)."""
+        return await self.engine.store.retry_links(job.id)
+
+    async def results(
+        self, job_id: str, *, tenant: str = "default", status: str | None, partial: bool
+    ) -> tuple[Job, AsyncGenerator[list[ResultRow], None]]:
+        """The job and an iterator of its outcome pages; checked before any byte is sent."""
+        flt = parse_status_filter(status)
+        job = await self.get(job_id, tenant)
+        require_downloadable(job, partial)
+        return job, result_pages(self.engine.store, job, flt)
+
+
+def _new_job(operation: str, total_items: int, tenant: str, ttl_s: int) -> Job:
+    now = utcnow()
+    return Job(
+        id=new_job_id(),
+        operation=operation,
+        status=JobStatus.PENDING,
+        total_items=total_items,
+        tenant=tenant,
+        created_at=now,
+        updated_at=now,
+        ttl_s=ttl_s,
+        seq=1,
+    )
 
 
 def _require_active(job: Job) -> None:

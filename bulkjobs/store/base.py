@@ -32,6 +32,34 @@ class JobChange:
 
 
 @attrs.frozen
+class Tombstone:
+    """What is left of a removed job: why and when it went (410 until `keep_until`)."""
+
+    job_id: str
+    tenant: str
+    reason: str  # "deleted" | "expired"
+    deleted_at: datetime
+    keep_until: datetime
+
+
+@attrs.frozen
+class IdempotencyRecord:
+    """An `Idempotency-Key` seen on a submit: the body's hash and the job it created."""
+
+    tenant: str
+    key: str
+    request_hash: str
+    job_id: str
+    created_at: datetime
+    expires_at: datetime
+
+
+#: One row of a result download:
+#: (index, item_id, status, result_json, error_code, error_message)
+ResultRow = tuple[int, str | None, str, bytes | None, str | None, str | None]
+
+
+@attrs.frozen
 class JobFilter:
     tenant: str | None = None
     status: JobStatus | None = None
@@ -80,3 +108,45 @@ class Store(Protocol):
         ...
 
     async def ping(self) -> None: ...
+
+    # -- retention, idempotency, retries, results --------------------------
+
+    async def remove_job(self, job: Job, reason: str, now: datetime, keep_until: datetime) -> None:
+        """Delete the job row, leave a tombstone and queue its items for purging."""
+        ...
+
+    async def get_tombstone(self, job_id: str) -> Tombstone | None: ...
+
+    async def expired_jobs(self, now: datetime, limit: int) -> list[Job]:
+        """Terminal jobs whose `expires_at` has passed, oldest expiry first."""
+        ...
+
+    async def sweep_records(self, now: datetime) -> int:
+        """Drop tombstones and idempotency keys past their time; return how many went."""
+        ...
+
+    async def get_idempotency(self, tenant: str, key: str) -> IdempotencyRecord | None: ...
+
+    async def create_job_once(
+        self,
+        job: Job,
+        items: Sequence[NewItemRow],
+        record: IdempotencyRecord,
+    ) -> IdempotencyRecord | None:
+        """Store job, items and key in one transaction and return None; when a live record
+        of the key exists already, store nothing and return that record."""
+        ...
+
+    async def create_retry_job(self, job: Job, source: Job) -> int:
+        """A new job from the failed items of `source` (in order), linked both ways."""
+        ...
+
+    async def retry_links(self, job_id: str) -> tuple[str | None, str | None]:
+        """(the job this one retries, the newest job retrying this one)."""
+        ...
+
+    async def result_rows(
+        self, job_pk: int, *, status: ItemStatus | None, after_index: int, limit: int
+    ) -> list[ResultRow]:
+        """A keyset page of raw outcomes for a download (results stay encoded JSON)."""
+        ...

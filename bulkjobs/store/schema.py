@@ -49,4 +49,34 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE TABLE purge_queue (job_pk INTEGER PRIMARY KEY);
         """,
     ),
+    (
+        "0002_retention_idempotency_retries",
+        """
+        -- removed jobs: their URL answers 410 until keep_until, then 404
+        CREATE TABLE tombstones (
+            job_id TEXT PRIMARY KEY,
+            tenant TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            deleted_at INTEGER NOT NULL,
+            keep_until INTEGER NOT NULL
+        );
+        CREATE INDEX tombstones_keep_until ON tombstones (keep_until);
+        CREATE TABLE idempotency_keys (
+            tenant TEXT NOT NULL,
+            key TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            PRIMARY KEY (tenant, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX idempotency_keys_expires ON idempotency_keys (expires_at);
+        -- a job created by POST /bulk-jobs/{id}/retry from the failures of another
+        CREATE TABLE job_retries (
+            job_id TEXT PRIMARY KEY,
+            retry_of TEXT NOT NULL
+        );
+        CREATE INDEX job_retries_source ON job_retries (retry_of);
+        """,
+    ),
 ]

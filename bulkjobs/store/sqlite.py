@@ -18,7 +18,15 @@ import aiosqlite
 
 from .. import jsonutil
 from ..models import ItemError, ItemRecord, ItemStatus, Job, JobError, JobStatus, WorkItem
-from .base import JobChange, JobFilter, NewItemRow, OutcomeRow
+from .base import (
+    IdempotencyRecord,
+    JobChange,
+    JobFilter,
+    NewItemRow,
+    OutcomeRow,
+    ResultRow,
+    Tombstone,
+)
 from .schema import MIGRATIONS
 
 logger = logging.getLogger(__name__)
@@ -180,28 +188,33 @@ class SQLiteStore:
 
     async def create_job(self, job: Job, items: Sequence[NewItemRow]) -> int:
         async with self._txn() as db:
-            cur = await db.execute(
-                "INSERT INTO jobs (id, tenant, operation, status, total_items, created_at,"
-                " updated_at, ttl_s, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING pk",
-                (
-                    job.id,
-                    job.tenant,
-                    job.operation,
-                    job.status.value,
-                    job.total_items,
-                    to_ms(job.created_at),
-                    to_ms(job.updated_at),
-                    job.ttl_s,
-                ),
-            )
-            row = await cur.fetchone()
-            await cur.close()
-            assert row is not None
-            pk: int = row[0]
-            await db.executemany(
-                "INSERT INTO items (job_pk, idx, item_id, payload) VALUES (?, ?, ?, ?)",
-                [(pk, idx, item_id, payload) for idx, item_id, payload in items],
-            )
+            return await self._insert_job(db, job, items)
+
+    async def _insert_job(
+        self, db: aiosqlite.Connection, job: Job, items: Sequence[NewItemRow]
+    ) -> int:
+        cur = await db.execute(
+            "INSERT INTO jobs (id, tenant, operation, status, total_items, created_at,"
+            " updated_at, ttl_s, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING pk",
+            (
+                job.id,
+                job.tenant,
+                job.operation,
+                job.status.value,
+                job.total_items,
+                to_ms(job.created_at),
+                to_ms(job.updated_at),
+                job.ttl_s,
+            ),
+        )
+        row = await cur.fetchone()
+        await cur.close()
+        assert row is not None
+        pk: int = row[0]
+        await db.executemany(
+            "INSERT INTO items (job_pk, idx, item_id, payload) VALUES (?, ?, ?, ?)",
+            [(pk, idx, item_id, payload) for idx, item_id, payload in items],
+        )
         return pk
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -339,3 +352,131 @@ class SQLiteStore:
             if removed < batch:
                 await db.execute("DELETE FROM purge_queue WHERE job_pk = ?", (row[0],))
         return max(removed, 1)
+
+    # -- retention, idempotency, retries, results --------------------------
+
+    async def remove_job(self, job: Job, reason: str, now: datetime, keep_until: datetime) -> None:
+        """Delete the job row, leave a tombstone and queue its items, in one transaction."""
+        async with self._txn() as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO tombstones (job_id, tenant, reason, deleted_at, keep_until)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (job.id, job.tenant, reason, to_ms(now), to_ms(keep_until)),
+            )
+            await db.execute("INSERT OR IGNORE INTO purge_queue (job_pk) VALUES (?)", (job.pk,))
+            await db.execute("DELETE FROM jobs WHERE pk = ?", (job.pk,))
+            await db.execute("DELETE FROM job_retries WHERE job_id = ?", (job.id,))
+
+    async def get_tombstone(self, job_id: str) -> Tombstone | None:
+        sql = (
+            "SELECT job_id, tenant, reason, deleted_at, keep_until FROM tombstones WHERE job_id = ?"
+        )
+        async with self._r.execute(sql, (job_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return Tombstone(row[0], row[1], row[2], _at(row[3]), _at(row[4]))
+
+    async def expired_jobs(self, now: datetime, limit: int) -> list[Job]:
+        sql = (
+            f"SELECT {_JOB_COLS} FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= ?"
+            " ORDER BY expires_at LIMIT ?"
+        )
+        async with self._r.execute(sql, (to_ms(now), limit)) as cur:
+            return [job_from_row(r) for r in await cur.fetchall()]
+
+    async def sweep_records(self, now: datetime) -> int:
+        async with self._txn() as db:
+            a = await db.execute("DELETE FROM tombstones WHERE keep_until <= ?", (to_ms(now),))
+            b = await db.execute(
+                "DELETE FROM idempotency_keys WHERE expires_at <= ?", (to_ms(now),)
+            )
+            return a.rowcount + b.rowcount
+
+    async def get_idempotency(self, tenant: str, key: str) -> IdempotencyRecord | None:
+        async with self._r.execute(_SELECT_IDEMPOTENCY, (tenant, key)) as cur:
+            row = await cur.fetchone()
+        return _idempotency_from_row(row) if row else None
+
+    async def create_job_once(
+        self,
+        job: Job,
+        items: Sequence[NewItemRow],
+        record: IdempotencyRecord,
+    ) -> IdempotencyRecord | None:
+        async with self._txn() as db:
+            async with db.execute(_SELECT_IDEMPOTENCY, (record.tenant, record.key)) as cur:
+                row = await cur.fetchone()
+            if row is not None and row[5] > to_ms(job.created_at):
+                return _idempotency_from_row(row)
+            await self._insert_job(db, job, items)
+            await db.execute(
+                "INSERT OR REPLACE INTO idempotency_keys (tenant, key, request_hash, job_id,"
+                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    record.tenant,
+                    record.key,
+                    record.request_hash,
+                    record.job_id,
+                    to_ms(record.created_at),
+                    to_ms(record.expires_at),
+                ),
+            )
+        return None
+
+    async def create_retry_job(self, job: Job, source: Job) -> int:
+        async with self._txn() as db:
+            pk = await self._insert_job(db, job, ())
+            cur = await db.execute(
+                "INSERT INTO items (job_pk, idx, item_id, payload)"
+                " SELECT ?, row_number() OVER (ORDER BY idx) - 1, item_id, payload"
+                " FROM items WHERE job_pk = ? AND status = 'failed' ORDER BY idx",
+                (pk, source.pk),
+            )
+            if cur.rowcount != job.total_items:
+                raise RuntimeError(
+                    f"{source.id} has {cur.rowcount} failed items, not {job.total_items}"
+                )
+            await db.execute(
+                "INSERT INTO job_retries (job_id, retry_of) VALUES (?, ?)", (job.id, source.id)
+            )
+            # The source's representation gains a link: a new seq makes its ETag change.
+            await db.execute("UPDATE jobs SET seq = seq + 1 WHERE pk = ?", (source.pk,))
+        return pk
+
+    async def retry_links(self, job_id: str) -> tuple[str | None, str | None]:
+        sql = (
+            "SELECT (SELECT retry_of FROM job_retries WHERE job_id = ?),"
+            " (SELECT job_id FROM job_retries WHERE retry_of = ? ORDER BY job_id DESC LIMIT 1)"
+        )
+        async with self._r.execute(sql, (job_id, job_id)) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+    async def result_rows(
+        self, job_pk: int, *, status: ItemStatus | None, after_index: int, limit: int
+    ) -> list[ResultRow]:
+        # Inlined enum value (never user text), as in list_items, so partial indexes apply.
+        extra = f" AND status = '{ItemStatus(status).value}'" if status else ""
+        sql = (
+            "SELECT idx, item_id, status, result, error_code, error_message"
+            f" FROM items WHERE job_pk = ? AND idx > ?{extra} ORDER BY idx LIMIT ?"
+        )
+        async with self._r.execute(sql, (job_pk, after_index, limit)) as cur:
+            return list(await cur.fetchall())  # type: ignore[arg-type]
+
+
+_SELECT_IDEMPOTENCY = (
+    "SELECT tenant, key, request_hash, job_id, created_at, expires_at"
+    " FROM idempotency_keys WHERE tenant = ? AND key = ?"
+)
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _idempotency_from_row(row: Sequence[Any]) -> IdempotencyRecord:
+    tenant, key, request_hash, job_id, created_at, expires_at = row
+    return IdempotencyRecord(tenant, key, request_hash, job_id, _at(created_at), _at(expires_at))

@@ -11,14 +11,20 @@ from ..config import Settings
 from ..registry import Registry, load_registry
 from ..service.engine import Engine
 from ..service.jobs import JobService
-from . import dashboard, sse
+from . import dashboard, docs, results, sse
 from . import routes as job_routes
 from .keys import ENGINE, SERVICE, SETTINGS, STREAMS
 from .problems import problem_middleware
 from .slots import StreamSlots
 
 #: Every route table of the API; each is mounted under the configured base path.
-ROUTE_TABLES: list[web.RouteTableDef] = [job_routes.routes, sse.routes, dashboard.routes]
+ROUTE_TABLES: list[web.RouteTableDef] = [
+    job_routes.routes,
+    sse.routes,
+    dashboard.routes,
+    results.routes,
+    docs.routes,
+]
 
 
 def create_app(

@@ -20,6 +20,7 @@ def job_links(job: Job, base: str) -> dict[str, str]:
         "failures": f"{href}/items?status=failed",
         "results": f"{href}/results",
         "cancel": f"{href}/cancel",
+        "retry": f"{href}/retry",
     }
 
 

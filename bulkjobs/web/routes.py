@@ -3,6 +3,7 @@ errors are raised and mapped to problems by the middleware."""
 
 from __future__ import annotations
 
+from email.utils import format_datetime
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +16,7 @@ from ..service.jobs import MAX_PAGE, Page
 from .keys import ENGINE, SERVICE, SETTINGS
 from .polling import read_job
 from .representation import etag, item_json, job_json, retry_after_s
+from .results import with_lineage
 
 routes = web.RouteTableDef()
 
@@ -38,6 +40,8 @@ def _job_headers(request: web.Request, job: Job) -> dict[str, str]:
     hint = retry_after_s(job)
     if hint is not None:
         headers["Retry-After"] = str(hint)
+    if job.expires_at is not None:
+        headers["Expires"] = format_datetime(job.expires_at, usegmt=True)
     return headers
 
 
@@ -76,11 +80,18 @@ async def create_job(request: web.Request) -> web.Response:
             f"The body is {request.content_length} bytes; the limit is {limit}.",
         )
     raw = await request.read()
-    job = await request.app[SERVICE].submit(raw)
+    key = request.headers.get("Idempotency-Key")
+    replayed = False
+    if key is None:
+        job = await request.app[SERVICE].submit(raw)
+    else:
+        job, replayed = await request.app[SERVICE].submit_once(raw, key)
     body = job_json(job, _base(request))
     headers = _job_headers(request, job)
     headers["Location"] = body["links"]["self"]
-    return json_response(body, status=202, headers=headers)
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(body, status=200 if replayed else 202, headers=headers)
 
 
 @routes.get("/bulk-jobs")
@@ -102,7 +113,8 @@ async def get_job(request: web.Request) -> web.Response:
     headers = _job_headers(request, job)
     if request.headers.get("If-None-Match") == headers["ETag"]:
         return web.Response(status=304, headers=headers)
-    return json_response(job_json(job, _base(request)), headers=headers)
+    body = await with_lineage(request, job, job_json(job, _base(request)))
+    return json_response(body, headers=headers)
 
 
 @routes.get("/bulk-jobs/{job_id}/items")

@@ -1,0 +1,195 @@
+"""Result downloads (NDJSON or CSV, streamed page by page) and retry of failures.
+
+`GET /bulk-jobs/{id}/results` writes one record per item in request order. Each page
+read from the store is encoded and written before the next one is read, and
+`StreamResponse.write` waits for the client to drain, so memory stays flat however
+many items the job has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from aiohttp import web
+
+from .. import jsonutil
+from ..errors import BulkJobsError
+from ..models import Job
+from ..store.base import ResultRow
+from .keys import SERVICE, SETTINGS
+from .representation import job_json
+
+routes = web.RouteTableDef()
+
+NDJSON = "application/x-ndjson"
+CSV = "text/csv"
+CSV_HEADER = ("index", "id", "status", "result", "error_code", "error_message")
+FORMATS = {"ndjson": NDJSON, "csv": CSV}
+#: Media ranges of an `Accept` header, and the format each one picks.
+ACCEPTED = {
+    NDJSON: NDJSON,
+    "application/ndjson": NDJSON,
+    "application/jsonl": NDJSON,
+    "application/*": NDJSON,
+    "*/*": NDJSON,
+    CSV: CSV,
+    "text/*": CSV,
+}
+EXTENSIONS = {NDJSON: "ndjson", CSV: "csv"}
+
+
+@routes.get("/bulk-jobs/{job_id}/results")
+async def download_results(request: web.Request) -> web.StreamResponse:
+    """Every item outcome as NDJSON or CSV; 409 while the job runs unless `partial=true`."""
+    media = negotiate(request)
+    job, pages = await request.app[SERVICE].results(
+        request.match_info["job_id"],
+        status=request.query.get("status"),
+        partial=_flag(request.query.get("partial"), "partial"),
+    )
+    resp = web.StreamResponse(headers=_download_headers(job, media, request))
+    resp.content_type = media
+    if media == CSV:
+        resp.charset = "utf-8"
+    await resp.prepare(request)
+    encode = encode_csv if media == CSV else encode_ndjson
+    if media == CSV:
+        await resp.write(encode_csv_header())
+    with contextlib.suppress(ConnectionResetError):  # the client went away mid-download
+        await _write_pages(resp, pages, encode)
+        await resp.write_eof()
+    return resp
+
+
+async def _write_pages(
+    resp: web.StreamResponse,
+    pages: AsyncGenerator[list[ResultRow], None],
+    encode: Callable[[list[ResultRow]], bytes],
+) -> None:
+    async with contextlib.aclosing(pages):
+        async for rows in pages:
+            await resp.write(encode(rows))
+
+
+@routes.post("/bulk-jobs/{job_id}/retry")
+async def retry_failures(request: web.Request) -> web.Response:
+    """202 with a new job made of the source job's failed items (same operation)."""
+    job = await request.app[SERVICE].retry(request.match_info["job_id"])
+    base = request.app[SETTINGS].base_path
+    body = await with_lineage(request, job, job_json(job, base))
+    headers = {"Location": body["links"]["self"], "Retry-After": "1"}
+    return web.Response(
+        status=202, body=jsonutil.dumps(body), content_type="application/json", headers=headers
+    )
+
+
+async def with_lineage(request: web.Request, job: Job, body: dict[str, Any]) -> dict[str, Any]:
+    """Add `links.retry_of` / `links.retried_by` when the job has a retry lineage."""
+    retry_of, retried_by = await request.app[SERVICE].lineage(job)
+    base = request.app[SETTINGS].base_path
+    if retry_of is not None:
+        body["links"]["retry_of"] = f"{base}/bulk-jobs/{retry_of}"
+    if retried_by is not None:
+        body["links"]["retried_by"] = f"{base}/bulk-jobs/{retried_by}"
+    return body
+
+
+# -- negotiation -------------------------------------------------------------
+
+
+def negotiate(request: web.Request) -> str:
+    """The media type from `?format=`, else from `Accept` (NDJSON when absent)."""
+    name = request.query.get("format")
+    if name is not None:
+        if name not in FORMATS:
+            raise BulkJobsError(
+                "unsupported_format",
+                f"Unknown format {name[:40]!r}; use ndjson or csv.",
+                parameter="format",
+            )
+        return FORMATS[name]
+    return from_accept(request.headers.get("Accept", "*/*"))
+
+
+def from_accept(header: str) -> str:
+    """The best format for an `Accept` header; `not_acceptable` when none fits."""
+    ranges = sorted(media_ranges(header), key=lambda r: -r[1])
+    for media, q in ranges:
+        if q > 0 and media in ACCEPTED:
+            return ACCEPTED[media]
+    raise BulkJobsError(
+        "not_acceptable", f"Accept {header[:100]!r} names neither {NDJSON} nor {CSV}."
+    )
+
+
+def media_ranges(header: str) -> list[tuple[str, float]]:
+    out = []
+    for part in header.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        out.append((media.lower(), q))
+    return out
+
+
+def _flag(raw: str | None, name: str) -> bool:
+    if raw is None or raw in ("false", "0"):
+        return False
+    if raw in ("true", "1"):
+        return True
+    raise BulkJobsError("invalid_request", f"`{name}` must be true or false.", parameter=name)
+
+
+def _download_headers(job: Job, media: str, request: web.Request) -> dict[str, str]:
+    status = request.query.get("status")
+    stem = f"{job.id}-{status}" if status else f"{job.id}-results"
+    return {
+        "Content-Disposition": f'attachment; filename="{stem}.{EXTENSIONS[media]}"',
+        "Cache-Control": "no-store",
+    }
+
+
+# -- encoding ----------------------------------------------------------------
+
+
+def encode_ndjson(rows: list[ResultRow]) -> bytes:
+    """One JSON object per line; stored results are embedded without re-encoding."""
+    dumps, raw = jsonutil.dumps, jsonutil.raw_json
+    lines = []
+    for idx, item_id, status, result, code, message in rows:
+        record: dict[str, Any] = {"index": idx}
+        if item_id is not None:
+            record["id"] = item_id
+        record["status"] = status
+        if result is not None:
+            record["result"] = raw(result)
+        if code is not None:
+            record["error"] = {"code": code, "message": message or ""}
+        lines.append(dumps(record))
+    lines.append(b"")
+    return b"\n".join(lines)
+
+
+def encode_csv_header() -> bytes:
+    return (",".join(CSV_HEADER) + "\r\n").encode()
+
+
+def encode_csv(rows: list[ResultRow]) -> bytes:
+    """RFC 4180 rows (csv module quoting); `result` holds the item's result as JSON."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerows(
+        (idx, item_id or "", status, result.decode() if result else "", code or "", message or "")
+        for idx, item_id, status, result, code, message in rows
+    )
+    return buf.getvalue().encode()
