@@ -102,3 +102,14 @@ async def test_wait_out_of_range_is_a_problem(client: TestClient) -> None:
         assert resp.status == 400, bad
         problem = await resp.json()
         assert problem["code"] == "invalid_request" and problem["parameter"] == "wait"
+
+
+async def test_conditional_get_never_hides_a_deleted_job(client: TestClient) -> None:
+    body = await submit(client, "echo", [{"n": 1}])
+    await wait_terminal(client, body["id"])
+    tag = (await client.get(f"/bulk-jobs/{body['id']}")).headers["ETag"]
+    cached = await client.get(f"/bulk-jobs/{body['id']}", headers={"If-None-Match": tag})
+    assert cached.status == 304
+    assert (await client.delete(f"/bulk-jobs/{body['id']}")).status == 204
+    gone = await client.get(f"/bulk-jobs/{body['id']}", headers={"If-None-Match": tag})
+    assert gone.status in (404, 410)

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
 
+from .. import jsonutil
 from ..models import Job, format_ts
 
 HISTORY_PER_JOB = 64
@@ -35,6 +37,11 @@ class JobEvent:
     job_id: str
     type: str  # "snapshot" | "progress" | "status"
     job: Job
+
+    @functools.cached_property
+    def json(self) -> str:
+        """`to_dict()` serialized once, however many subscribers send it."""
+        return jsonutil.dumps_str(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         j = self.job

@@ -129,7 +129,7 @@ class _Relay:
     async def send(self, resp: EventSourceResponse, event: JobEvent) -> None:
         if self.done or event.seq <= self.sent_seq:
             return
-        await self._write(resp, event.seq, event.type, event.to_dict())
+        await resp.send(event.json, id=str(event.seq), event=event.type)
         self.sent_seq = event.seq
         self.done = event.job.is_terminal
 
