@@ -23,7 +23,6 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
-
 from common import cpu_seconds, job_body, median, post_job, rss_mb, running_server
 
 TERMINAL = ("completed", "failed", "cancelled")
