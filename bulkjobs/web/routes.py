@@ -3,6 +3,7 @@ errors are raised and mapped to problems by the middleware."""
 
 from __future__ import annotations
 
+import asyncio
 from email.utils import format_datetime
 from typing import Any
 
@@ -12,7 +13,8 @@ from multidict import MultiMapping
 from .. import jsonutil
 from ..errors import BulkJobsError
 from ..models import Job
-from ..service.jobs import MAX_PAGE, Page
+from ..service.intake import ndjson_to_body
+from ..service.jobs import MAX_PAGE, THREAD_INTAKE_BYTES, Page
 from .keys import ENGINE, SERVICE, SETTINGS
 from .polling import read_job
 from .representation import etag, item_json, job_json, retry_after_s
@@ -21,6 +23,7 @@ from .results import with_lineage
 routes = web.RouteTableDef()
 
 JSON_TYPES = frozenset({"application/json"})
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 
 
 def json_response(
@@ -68,10 +71,11 @@ def _page_response(request: web.Request, page: Page[Any], data: list[Any]) -> we
 @routes.post("/bulk-jobs")
 async def create_job(request: web.Request) -> web.Response:
     """Accept a job: 202, `Location`, `Retry-After`, the pending job as the body."""
-    if request.content_type not in JSON_TYPES:
+    if request.content_type not in JSON_TYPES | NDJSON_TYPES:
         raise BulkJobsError(
             "unsupported_media_type",
-            f"Content-Type {request.content_type!r} is not supported; send application/json.",
+            f"Content-Type {request.content_type!r} is not supported;"
+            " send application/json or application/x-ndjson.",
         )
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
@@ -80,6 +84,8 @@ async def create_job(request: web.Request) -> web.Response:
             f"The body is {request.content_length} bytes; the limit is {limit}.",
         )
     raw = await request.read()
+    if request.content_type in NDJSON_TYPES:
+        raw = await _ndjson_body(raw, request.query)
     key = request.headers.get("Idempotency-Key")
     replayed = False
     if key is None:
@@ -92,6 +98,13 @@ async def create_job(request: web.Request) -> web.Response:
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return json_response(body, status=200 if replayed else 202, headers=headers)
+
+
+async def _ndjson_body(raw: bytes, query: MultiMapping[str]) -> bytes:
+    """NDJSON items + query options as the JSON body (in a thread when large)."""
+    if len(raw) < THREAD_INTAKE_BYTES:
+        return ndjson_to_body(raw, query)
+    return await asyncio.to_thread(ndjson_to_body, raw, dict(query))
 
 
 @routes.get("/bulk-jobs")
