@@ -54,6 +54,13 @@ class Settings:
     sse_buffer_events: int = 32
     sse_send_timeout_s: float = 30.0
     long_poll_max_s: float = 60.0
+    # webhooks: whsec_ secrets (space/comma separated, all used to sign), retry delays
+    webhook_secrets: str = attrs.field(default="", validator=lambda _i, _a, v: _check_secrets(v))
+    webhook_allow_private: bool = False  # allow loopback/private targets (local use, tests)
+    webhook_timeout_s: float = 15.0
+    webhook_retry_schedule_s: str = "5,300,1800,7200,18000,36000,50400,72000,86400"
+    webhook_concurrency: int = 16
+    webhook_progress_interval_s: float = 10.0
 
     @property
     def queue_size(self) -> int:
@@ -70,6 +77,12 @@ class Settings:
                 values[field.name] = _coerce(field, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _check_secrets(value: str) -> None:
+    from .signing import parse_secrets
+
+    parse_secrets(value)
 
 
 def _coerce(field: attrs.Attribute[Any], raw: str) -> Any:

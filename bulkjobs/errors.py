@@ -150,6 +150,32 @@ CATALOG: dict[str, ProblemType] = {
             "The server is draining and takes no new jobs; retry against another instance.",
         ),
         ProblemType(
+            "webhook_message_not_found",
+            404,
+            "Webhook message not found",
+            "The job has no webhook message with this id; see its webhook-deliveries.",
+        ),
+        ProblemType(
+            "webhook_url_forbidden",
+            422,
+            "Webhook target not allowed",
+            "The webhook URL resolves to a loopback, private, link-local, multicast or other"
+            " non-public address, which this server does not call.",
+        ),
+        ProblemType(
+            "webhook_url_unresolvable",
+            422,
+            "Webhook host unknown",
+            "The webhook URL's host name does not resolve.",
+        ),
+        ProblemType(
+            "webhooks_not_configured",
+            422,
+            "Webhooks not configured",
+            "This server has no webhook signing secret (BULKJOBS_WEBHOOK_SECRETS), so it"
+            " cannot send signed webhooks; follow the job by polling or SSE.",
+        ),
+        ProblemType(
             "internal_error", 500, "Internal error", "An unexpected error; it has been logged."
         ),
     )

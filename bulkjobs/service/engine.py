@@ -20,6 +20,8 @@ from ..store import Store, open_store
 from .events import EventHub
 from .retention import Janitor
 from .scheduler import Chunk, Scheduler, StopRequest
+from .webhooks import DispatcherConfig, WebhookDispatcher
+from .webhooks.dispatcher import RenderJob, plain_job
 from .workers import WorkerPool
 from .writer import ResultWriter, Transition
 
@@ -31,7 +33,14 @@ _PURGE_IDLE_S = 5.0
 class Engine:
     """Everything that runs in the background of one bulkjobs process."""
 
-    def __init__(self, settings: Settings, registry: Registry, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        store: Store | None = None,
+        *,
+        render_job: RenderJob = plain_job,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.store: Store = store or open_store(
@@ -58,6 +67,9 @@ class Engine:
             batch_jobs=settings.janitor_batch_jobs,
             on_removed=self._on_removed,
         )
+        self.webhooks = WebhookDispatcher(
+            self.store.webhooks, DispatcherConfig.from_settings(settings), render_job
+        )
         self._lifespans = contextlib.AsyncExitStack()
         self._writer_task: asyncio.Task[None] | None = None
         self._intake_tasks: list[asyncio.Task[None]] = []
@@ -77,6 +89,8 @@ class Engine:
             self._spawn(self.scheduler.run(), "bulkjobs-scheduler"),
             self._spawn(self._purge_loop(), "bulkjobs-purger"),
             self._spawn(self.janitor.run(), "bulkjobs-janitor"),
+            # Stopped first too: undelivered messages stay in the outbox for the next start.
+            self._spawn(self.webhooks.run(), "bulkjobs-webhooks"),
         ]
         self._tasks = [
             self._spawn(self.workers.run_worker(), f"bulkjobs-worker-{i}")
@@ -108,6 +122,7 @@ class Engine:
     # -- commit callback ---------------------------------------------------
 
     def _on_commit(self, jobs: list[Job]) -> None:
+        self.webhooks.notify()  # wakes the dispatcher only when the outbox grew
         for job in jobs:
             self.hub.publish(job)
             if job.is_terminal:

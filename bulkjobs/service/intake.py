@@ -16,9 +16,10 @@ from ..errors import BulkJobsError
 from ..itemtypes import pointer
 from ..registry import Operation, Registry
 from ..store import NewItemRow
+from .webhooks.subscription import WebhookSpec, parse_webhook
 
 MAX_LISTED_ERRORS = 100
-KNOWN_FIELDS = frozenset({"operation", "items", "ttl_seconds"})
+KNOWN_FIELDS = frozenset({"operation", "items", "ttl_seconds", "webhook"})
 
 
 @attrs.frozen
@@ -36,6 +37,7 @@ class Submission:
     operation: Operation
     rows: list[NewItemRow]
     ttl_s: int
+    webhook: WebhookSpec | None = None
 
 
 def parse_body(raw: bytes) -> Any:
@@ -64,7 +66,8 @@ def prepare(registry: Registry, body: Any, limits: IntakeLimits) -> Submission:
         raise invalid([{"pointer": pointer(k), "detail": "unknown field"} for k in unknown])
     ttl_s = _ttl(body.get("ttl_seconds"), limits)
     items = _items_list(body.get("items"), op, limits)
-    return Submission(op, _rows(op, items), ttl_s)
+    webhook = parse_webhook(body["webhook"]) if body.get("webhook") is not None else None
+    return Submission(op, _rows(op, items), ttl_s, webhook)
 
 
 def _operation(registry: Registry, name: Any) -> Operation:

@@ -24,6 +24,7 @@ from .intake import IntakeLimits, Submission, parse_body, prepare
 from .results import parse_status_filter, require_downloadable, result_pages
 from .retention import missing_job
 from .scheduler import StopRequest
+from .webhooks import WebhookService
 
 T = TypeVar("T")
 
@@ -69,6 +70,12 @@ class JobService:
             max_ttl_s=s.max_ttl_s,
         )
         self._reserved_items = 0
+        self.webhooks = WebhookService(
+            engine.store.webhooks,
+            engine.webhooks,
+            allow_private=s.webhook_allow_private,
+            progress_interval_s=s.webhook_progress_interval_s,
+        )
 
     # -- submit ------------------------------------------------------------
 
@@ -116,7 +123,8 @@ class JobService:
             ttl_s=sub.ttl_s,
             seq=1,
         )
-        pk = await self.engine.store.create_job(job, sub.rows)
+        hook = await self.webhooks.vet(sub.webhook)
+        pk = await self.engine.store.create_job(job, sub.rows, hook)
         job = attrs.evolve(job, pk=pk)
         self.engine.hub.publish(job)
         self.engine.scheduler.admit(job, sub.operation)
@@ -218,7 +226,8 @@ class JobService:
             job = _new_job(sub.operation.name, len(sub.rows), tenant, sub.ttl_s)
             ttl_s = self.engine.settings.idempotency_ttl_s
             record = new_record(tenant, key, digest, job.id, job.created_at, ttl_s)
-            found = await self.engine.store.create_job_once(job, sub.rows, record)
+            hook = await self.webhooks.vet(sub.webhook)
+            found = await self.engine.store.create_job_once(job, sub.rows, record, hook)
         finally:
             self._reserved_items -= len(sub.rows)
         if found is not None:  # a concurrent twin stored it first

@@ -9,6 +9,7 @@ from typing import Protocol
 import attrs
 
 from ..models import ItemRecord, ItemStatus, Job, JobError, JobStatus, WorkItem
+from .webhooks import NewWebhook, WebhookStore
 
 #: One item outcome as the writer hands it to the store:
 #: (status, result_json, error_code, error_message, attempts, job_pk, index)
@@ -69,12 +70,19 @@ class JobFilter:
 class Store(Protocol):
     """What the service needs from durable storage."""
 
+    @property
+    def webhooks(self) -> WebhookStore:
+        """Subscriptions, outbox and attempts of webhooks (store/webhooks.py)."""
+        ...
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
-    async def create_job(self, job: Job, items: Sequence[NewItemRow]) -> int:
-        """Insert the job and all its items in one transaction; return its key."""
+    async def create_job(
+        self, job: Job, items: Sequence[NewItemRow], webhook: NewWebhook | None = None
+    ) -> int:
+        """Insert the job, all its items and its webhook in one transaction; return its key."""
         ...
 
     async def get_job(self, job_id: str) -> Job | None: ...
@@ -132,6 +140,7 @@ class Store(Protocol):
         job: Job,
         items: Sequence[NewItemRow],
         record: IdempotencyRecord,
+        webhook: NewWebhook | None = None,
     ) -> IdempotencyRecord | None:
         """Store job, items and key in one transaction and return None; when a live record
         of the key exists already, store nothing and return that record."""

@@ -79,4 +79,48 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX job_retries_source ON job_retries (retry_of);
         """,
     ),
+    (
+        "0003_webhooks",
+        """
+        CREATE TABLE webhook_subscriptions (
+            job_pk INTEGER PRIMARY KEY,
+            url TEXT NOT NULL,
+            events TEXT NOT NULL,
+            progress_interval_ms INTEGER NOT NULL,
+            last_progress_at INTEGER NOT NULL,
+            last_milestone INTEGER NOT NULL DEFAULT 0,
+            gone_at INTEGER
+        );
+        -- the outbox: one row per logical message; `dedupe` keeps one per event and job
+        CREATE TABLE webhook_messages (
+            pk INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            job_pk INTEGER NOT NULL,
+            job_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            dedupe TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            snapshot BLOB NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            retries INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER,
+            delivered_at INTEGER,
+            UNIQUE (job_pk, dedupe)
+        );
+        CREATE INDEX webhook_messages_due ON webhook_messages (next_attempt_at, pk)
+            WHERE status = 'pending';
+        CREATE INDEX webhook_messages_job ON webhook_messages (job_pk, pk);
+        CREATE TABLE webhook_attempts (
+            message_pk INTEGER NOT NULL,
+            n INTEGER NOT NULL,
+            at INTEGER NOT NULL,
+            duration_ms INTEGER NOT NULL,
+            status_code INTEGER,
+            error TEXT,
+            next_attempt_at INTEGER,
+            PRIMARY KEY (message_pk, n)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]

@@ -28,6 +28,7 @@ from .base import (
     Tombstone,
 )
 from .schema import MIGRATIONS
+from .webhooks import NewWebhook, SQLiteWebhooks
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class SQLiteStore:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self.webhooks = SQLiteWebhooks(self._txn, lambda: self._r)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -186,12 +188,18 @@ class SQLiteStore:
 
     # -- jobs ------------------------------------------------------------
 
-    async def create_job(self, job: Job, items: Sequence[NewItemRow]) -> int:
+    async def create_job(
+        self, job: Job, items: Sequence[NewItemRow], webhook: NewWebhook | None = None
+    ) -> int:
         async with self._txn() as db:
-            return await self._insert_job(db, job, items)
+            return await self._insert_job(db, job, items, webhook)
 
     async def _insert_job(
-        self, db: aiosqlite.Connection, job: Job, items: Sequence[NewItemRow]
+        self,
+        db: aiosqlite.Connection,
+        job: Job,
+        items: Sequence[NewItemRow],
+        webhook: NewWebhook | None = None,
     ) -> int:
         cur = await db.execute(
             "INSERT INTO jobs (id, tenant, operation, status, total_items, created_at,"
@@ -215,6 +223,8 @@ class SQLiteStore:
             "INSERT INTO items (job_pk, idx, item_id, payload) VALUES (?, ?, ?, ?)",
             [(pk, idx, item_id, payload) for idx, item_id, payload in items],
         )
+        if webhook is not None:
+            await self.webhooks.subscribe_in(db, pk, job.created_at, webhook)
         return pk
 
     async def get_job(self, job_id: str) -> Job | None:
@@ -282,6 +292,8 @@ class SQLiteStore:
                 # Some outcome hit an item that was no longer pending: trust the items.
                 logger.warning("%d stale outcomes ignored; recounting", len(outcomes) - applied)
                 jobs = [await self._recount(db, ch.job_pk) for ch in changes]
+            # Webhook messages are written with the change they announce (durable outbox).
+            await self.webhooks.enqueue_in(db, jobs, now)
         return jobs
 
     async def _apply_change(
@@ -403,13 +415,14 @@ class SQLiteStore:
         job: Job,
         items: Sequence[NewItemRow],
         record: IdempotencyRecord,
+        webhook: NewWebhook | None = None,
     ) -> IdempotencyRecord | None:
         async with self._txn() as db:
             async with db.execute(_SELECT_IDEMPOTENCY, (record.tenant, record.key)) as cur:
                 row = await cur.fetchone()
             if row is not None and row[5] > to_ms(job.created_at):
                 return _idempotency_from_row(row)
-            await self._insert_job(db, job, items)
+            await self._insert_job(db, job, items, webhook)
             await db.execute(
                 "INSERT OR REPLACE INTO idempotency_keys (tenant, key, request_hash, job_id,"
                 " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",

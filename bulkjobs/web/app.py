@@ -11,10 +11,11 @@ from ..config import Settings
 from ..registry import Registry, load_registry
 from ..service.engine import Engine
 from ..service.jobs import JobService
-from . import dashboard, docs, results, sse
+from . import dashboard, docs, metrics, results, sse, webhooks
 from . import routes as job_routes
 from .keys import ENGINE, SERVICE, SETTINGS, STREAMS
 from .problems import problem_middleware
+from .representation import job_json
 from .slots import StreamSlots
 
 #: Every route table of the API; each is mounted under the configured base path.
@@ -24,6 +25,8 @@ ROUTE_TABLES: list[web.RouteTableDef] = [
     dashboard.routes,
     results.routes,
     docs.routes,
+    webhooks.routes,
+    metrics.routes,
 ]
 
 
@@ -34,7 +37,8 @@ def create_app(
     settings = settings or Settings.from_env()
     registry = registry or load_registry(settings.app)
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
-    engine = Engine(settings, registry)
+    base = settings.base_path
+    engine = Engine(settings, registry, render_job=lambda job: job_json(job, base))
     app[SETTINGS] = settings
     app[ENGINE] = engine
     app[SERVICE] = JobService(engine)

@@ -95,6 +95,7 @@ class WebhookDispatcher:
         self.config = config
         self._render_job = render_job
         self._wake = asyncio.Event()
+        self._quiet = asyncio.Event()
         self._seen_seq = -1
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._host_load: collections.Counter[str] = collections.Counter()
@@ -104,10 +105,15 @@ class WebhookDispatcher:
         """Called after each group commit: wake up only when the outbox grew."""
         if self._store.outbox_seq != self._seen_seq:
             self._seen_seq = self._store.outbox_seq
-            self._wake.set()
+            self.wake()
 
     def wake(self) -> None:
+        self._quiet.clear()
         self._wake.set()
+
+    async def wait_quiet(self) -> None:
+        """Until nothing is in flight and nothing is due (for tests and benchmarks)."""
+        await self._quiet.wait()
 
     @property
     def in_flight(self) -> int:
@@ -141,6 +147,8 @@ class WebhookDispatcher:
             self._wake.clear()
             started = await self._start_due(session)
             delay = await self._idle_delay(started)
+            if not self._inflight and (delay is None or delay > 0) and not self._wake.is_set():
+                self._quiet.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
@@ -169,6 +177,7 @@ class WebhookDispatcher:
             return False
         if self._host_load[host] >= self.config.per_host:
             return False
+        self._quiet.clear()
         task = asyncio.create_task(self._deliver(session, m), name=f"webhook-{m.id}")
         self._inflight[m.pk] = task
         self._host_load[host] += 1

@@ -13,6 +13,7 @@ from email.utils import parsedate_to_datetime
 #: Standard Webhooks-style schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
 DEFAULT_SCHEDULE_S = "5,300,1800,7200,18000,36000,50400,72000,86400"
 JITTER = 0.2  # each delay is drawn from ±20 % around its nominal value
+MAX_RETRY_AFTER_S = 24 * 3600.0  # a `Retry-After` longer than this is cut to it
 
 
 class Verdict(enum.Enum):
@@ -66,14 +67,14 @@ def next_attempt(
 ) -> datetime | None:
     """When retry number `retries + 1` is due, or None when the schedule is spent.
 
-    A `Retry-After` the endpoint asked for replaces the scheduled delay (never beyond
-    the longest delay of the schedule); otherwise the delay gets jitter so that many
+    A `Retry-After` the endpoint asked for replaces the scheduled delay (at most
+    `MAX_RETRY_AFTER_S`); otherwise the delay gets jitter so that many
     messages failing together do not retry together.
     """
     if retries >= len(schedule):
         return None
     if asked_s is not None:
-        delay = min(asked_s, max(schedule))
+        delay = min(asked_s, MAX_RETRY_AFTER_S)
     else:
         delay = schedule[retries] * (1 + (rng or random).uniform(-JITTER, JITTER))
     return now + timedelta(seconds=delay)
