@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: serve test lint format bench clean
+.PHONY: serve test lint format bench catalog clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ format: $(STAMP)
 ## bench: the benchmarks of benchmarks/ (prints medians; takes a few minutes)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_core.py
+
+## catalog: regenerate the README's error catalog from bulkjobs/errors.py
+catalog: $(STAMP)
+	$(BIN)/python scripts/gen_error_catalog.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

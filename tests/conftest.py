@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,7 @@ from aiohttp.test_utils import TestClient
 from bulkjobs.config import Settings
 from bulkjobs.registry import Registry
 from bulkjobs.web import create_app
+from tests.openapi_contract import ApiContract
 from tests.support import Gate, make_registry
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
@@ -31,12 +32,25 @@ def gate() -> Gate:
 
 
 @pytest.fixture
-def make_client(aiohttp_client: Any, settings: Settings, gate: Gate) -> ClientFactory:
+def api_contract() -> Iterator[ApiContract]:
+    """Every response of apps made by `make_client` must match the OpenAPI document."""
+    contract = ApiContract()
+    yield contract
+    assert not contract.violations, "responses outside the OpenAPI document:\n" + "\n".join(
+        contract.violations[:20]
+    )
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: Any, settings: Settings, gate: Gate, api_contract: ApiContract
+) -> ClientFactory:
     """Start a real app (real SQLite file under tmp_path) with optional setting overrides."""
 
     async def factory(registry: Registry | None = None, **overrides: Any) -> TestClient:
         s = Settings(**{**_asdict(settings), **overrides})
         app = create_app(s, registry or make_registry(gate))
+        api_contract.install(app)
         return await aiohttp_client(app)  # type: ignore[no-any-return]
 
     return factory

@@ -39,6 +39,7 @@ class Janitor:
         self.batch_jobs = batch_jobs
         self._on_removed = on_removed
         self._wake = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
 
     def wake(self) -> None:
         self._wake.set()
@@ -46,14 +47,25 @@ class Janitor:
     async def run(self) -> None:
         """Sweep, then sleep until the interval ends or `wake()` is called; forever."""
         while True:
+            self._wake.clear()  # cleared before the pass: a wake() during it is kept
+            waiters, self._waiters = self._waiters, []
             try:
                 await self.sweep()
             except Exception:  # a failed sweep is retried next interval; the loop lives on
                 logger.exception("janitor sweep failed")
-            self._wake.clear()
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.interval_s):
                     await self._wake.wait()
+
+    async def wait_swept(self) -> None:
+        """Wake the janitor and wait until its next pass is over."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self.wake()
+        await waiter
 
     async def sweep(self, now: datetime | None = None) -> int:
         """Remove every job expired by `now`; return how many went."""

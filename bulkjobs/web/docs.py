@@ -10,7 +10,7 @@ from aiohttp import web
 from .. import jsonutil
 from ..errors import CATALOG, ITEM_ERROR_CODES, BulkJobsError, ProblemType
 from .keys import ENGINE, SETTINGS
-from .openapi import build_document
+from .openapi import build_document, mounted_routes
 from .results import media_ranges
 
 routes = web.RouteTableDef()
@@ -23,7 +23,9 @@ def _json(body: object) -> web.Response:
 @routes.get("/openapi.json")
 async def openapi_document(request: web.Request) -> web.Response:
     """The OpenAPI 3.1 document of this app."""
-    return _json(build_document(request.app[SETTINGS], request.app[ENGINE].registry))
+    app = request.app
+    mounted = mounted_routes(app.router.routes(), app[SETTINGS].base_path)
+    return _json(build_document(app[SETTINGS], app[ENGINE].registry, mounted))
 
 
 @routes.get("/errors")

@@ -5,6 +5,7 @@ it and checks that every mounted route is in it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from .. import __version__
@@ -12,6 +13,7 @@ from ..config import Settings
 from ..errors import CATALOG, ITEM_ERROR_CODES
 from ..models import ItemStatus, JobStatus
 from ..registry import Registry
+from ..store.webhooks import EVENT_TYPES
 
 Schema = dict[str, Any]
 
@@ -28,8 +30,11 @@ def nullable(schema: Schema) -> Schema:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def build_document(settings: Settings, registry: Registry) -> Schema:
-    """The document for one running app (its base path, operations and limits)."""
+def build_document(
+    settings: Settings, registry: Registry, mounted: set[tuple[str, str]] | None = None
+) -> Schema:
+    """The document for one running app (its base path, operations and limits); with
+    `mounted` ((METHOD, path) pairs), only the endpoints the app really serves."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -39,13 +44,35 @@ def build_document(settings: Settings, registry: Registry) -> Schema:
             " problems; each `type` is a URI under /errors naming a code of the catalog.",
         },
         "servers": [{"url": settings.base_path or "/"}],
-        "paths": paths(),
+        "paths": only_mounted(paths(), mounted),
         "components": {
             "schemas": schemas(settings, registry),
             "headers": HEADERS,
             "parameters": parameters(settings),
         },
     }
+
+
+def only_mounted(
+    all_paths: dict[str, Schema], mounted: set[tuple[str, str]] | None
+) -> dict[str, Schema]:
+    if mounted is None:
+        return all_paths
+    out: dict[str, Schema] = {}
+    for path, ops in all_paths.items():
+        kept = {m: o for m, o in ops.items() if (m.upper(), path) in mounted}
+        if kept:
+            out[path] = kept
+    return out
+
+
+def mounted_routes(routes: Iterable[Any], base: str) -> set[tuple[str, str]]:
+    """(METHOD, path template without the base path) of an app's routes."""
+    out = set()
+    for route in routes:
+        path = route.resource.canonical if route.resource is not None else ""
+        out.add((route.method, path[len(base) :] or "/"))
+    return out
 
 
 # -- responses -----------------------------------------------------------------
@@ -63,7 +90,7 @@ def problem(*codes: str) -> Schema:
 def problems(*codes: str) -> dict[str, Schema]:
     """Problem responses keyed by status, grouping the codes that share one."""
     by_status: dict[int, list[str]] = {}
-    for code in codes:
+    for code in (c for c in codes if c in CATALOG):
         by_status.setdefault(CATALOG[code].status, []).append(code)
     return {str(status): problem(*group) for status, group in sorted(by_status.items())}
 
@@ -102,13 +129,41 @@ def op(
 
 JOB_HEADERS = ("ETag", "Retry-After", "Expires", "Cache-Control")
 MISSING_JOB = ("not_found", "job_not_found", "job_deleted", "job_expired")
+WEBHOOK_SUBMIT = ("webhook_url_forbidden", "webhook_url_unresolvable", "webhooks_not_configured")
 
 
 # -- paths ---------------------------------------------------------------------
 
 
 def paths() -> dict[str, Schema]:
-    return {**job_paths(), **job_child_paths(), **meta_paths()}
+    return {**job_paths(), **job_child_paths(), **webhook_paths(), **meta_paths()}
+
+
+def webhook_paths() -> dict[str, Schema]:
+    return {
+        "/bulk-jobs/{job_id}/webhook-deliveries": {
+            "get": op(
+                "listWebhookDeliveries",
+                "The job's webhook messages, oldest first, each with every attempt",
+                {
+                    "200": json_body("A page of messages", ref("DeliveryPage"), ("Link",)),
+                    **problems("invalid_request", "invalid_cursor", *MISSING_JOB),
+                },
+                params=("JobId", "Cursor", "Limit"),
+            )
+        },
+        "/bulk-jobs/{job_id}/webhook-deliveries/{msg_id}/redeliver": {
+            "post": op(
+                "redeliverWebhook",
+                "Send a webhook message again now, with the same `webhook-id`",
+                {
+                    "202": json_body("The message", ref("Delivery")),
+                    **problems(*MISSING_JOB, "webhook_message_not_found"),
+                },
+                params=("JobId", "MessageId"),
+            )
+        },
+    }
 
 
 def job_paths() -> dict[str, Schema]:
@@ -131,6 +186,7 @@ def job_paths() -> dict[str, Schema]:
                         "validation_error",
                         "unknown_operation",
                         "idempotency_key_reused",
+                        *WEBHOOK_SUBMIT,
                         "server_busy",
                         "shutting_down",
                     ),
@@ -238,7 +294,10 @@ def results_op() -> Schema:
         "description": "One record per item, in request order (NDJSON lines or CSV rows)",
         "headers": {"Content-Disposition": {"$ref": "#/components/headers/ContentDisposition"}},
         "content": {
-            "application/x-ndjson": {"schema": {"type": "string"}, "itemSchema": ref("Result")},
+            "application/x-ndjson": {
+                "schema": {"type": "string"},
+                "x-record-schema": ref("Result"),
+            },
             "text/csv": {"schema": {"type": "string"}},
         },
     }
@@ -317,6 +376,11 @@ def ops_paths() -> dict[str, Schema]:
                 },
             )
         },
+        "/metrics": {
+            "get": op(
+                "metrics", "Prometheus text exposition", {"200": text_body("Metrics", "text/plain")}
+            )
+        },
         "/": {"get": op("dashboard", "Dashboard page", {"200": text_body("HTML", "text/html")})},
         "/dashboard/{name}": {
             "get": op(
@@ -357,6 +421,7 @@ PARAMETERS: dict[str, Schema] = {
     ),
     "ErrorCode": _param("code", "path", {"type": "string"}, "Problem code", required=True),
     "AssetName": _param("name", "path", {"type": "string"}, "Asset file name", required=True),
+    "MessageId": _param("msg_id", "path", {"type": "string"}, "Webhook message id", required=True),
     "JobStatusFilter": _param(
         "status", "query", _enum([s.value for s in JobStatus]), "Only jobs in this status"
     ),
@@ -413,6 +478,7 @@ def schemas(settings: Settings, registry: Registry) -> dict[str, Schema]:
         **job_schemas(),
         **item_schemas(),
         "JobSubmission": submission_schema(settings, registry),
+        **webhook_schemas(),
         **meta_schemas(),
     }
 
@@ -516,12 +582,55 @@ def submission_schema(settings: Settings, registry: Registry) -> Schema:
                 "operation": {"const": o.name},
                 "items": {"type": "array", "minItems": 1, "items": o.schema},
                 "ttl_seconds": ttl,
+                "webhook": ref("WebhookSubscription"),
             },
             "additionalProperties": False,
         }
         for o in registry.operations
     ]
     return {"oneOf": variants} if variants else {"type": "object"}
+
+
+def webhook_schemas() -> dict[str, Schema]:
+    ts = nullable({"type": "string", "format": "date-time"})
+    subscription = {
+        "type": "object",
+        "required": ["url"],
+        "properties": {
+            "url": {"type": "string"},
+            "events": {"type": "array", "minItems": 1, "items": _enum(list(EVENT_TYPES))},
+        },
+        "additionalProperties": False,
+    }
+    attempt = {
+        "type": "object",
+        "properties": {
+            "at": ts,
+            "status_code": nullable({"type": "integer"}),
+            "error": nullable({"type": "string"}),
+            "duration_ms": nullable({"type": "number"}),
+            "next_attempt_at": ts,
+        },
+    }
+    delivery = {
+        "type": "object",
+        "required": ["id", "type", "status", "attempts", "links"],
+        "properties": {
+            "id": {"type": "string"},
+            "type": {"type": "string"},
+            "status": {"type": "string"},
+            "created_at": ts,
+            "delivered_at": ts,
+            "next_attempt_at": ts,
+            "attempt_count": {"type": "integer"},
+            "attempts": {"type": "array", "items": attempt},
+            "links": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    }
+    page = _page(ref("Delivery"))
+    page["required"] = ["webhook", "data", "links"]
+    page["properties"] = {**page["properties"], "webhook": nullable({"type": "object"})}
+    return {"WebhookSubscription": subscription, "Delivery": delivery, "DeliveryPage": page}
 
 
 def meta_schemas() -> dict[str, Schema]:

@@ -1,0 +1,114 @@
+"""The API describes itself: the OpenAPI document, the /errors catalog, the README table."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import validate
+
+from bulkjobs.errors import CATALOG, catalog_markdown
+from bulkjobs.web.keys import ENGINE, SETTINGS
+from bulkjobs.web.openapi import build_document, mounted_routes
+from tests.support import submit, wait_terminal
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_document_is_valid_openapi_31(client: TestClient) -> None:
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    doc = await resp.json()
+    assert doc["openapi"].startswith("3.1")
+    validate(doc)
+    for schema in doc["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+
+
+async def test_every_mounted_route_is_documented(client: TestClient) -> None:
+    app = client.app
+    mounted = mounted_routes(app.router.routes(), "")
+    full = build_document(app[SETTINGS], app[ENGINE].registry)
+    documented = {(m.upper(), p) for p, ops in full["paths"].items() for m in ops}
+    assert mounted - documented == set(), "routes missing from the OpenAPI document"
+    served = (await (await client.get("/openapi.json")).json())["paths"]
+    assert {(m.upper(), p) for p, ops in served.items() for m in ops} == mounted
+
+
+async def test_base_path_is_honoured_everywhere(make_client: Any) -> None:
+    client = await make_client(base_path="/api")
+    doc = await (await client.get("/api/openapi.json")).json()
+    assert doc["servers"] == [{"url": "/api"}]
+    body = await submit_under(client, "/api")
+    assert body["links"]["self"] == f"/api/bulk-jobs/{body['id']}"
+    assert body["links"]["results"] == f"/api/bulk-jobs/{body['id']}/results"
+    problem = await (await client.get("/api/bulk-jobs/job_0000000000000000000000000a")).json()
+    assert problem["type"] == "/api/errors/job_not_found"
+    assert (await client.get(problem["type"])).status == 200
+
+
+async def submit_under(client: TestClient, base: str) -> dict[str, Any]:
+    resp = await client.post(f"{base}/bulk-jobs", json={"operation": "noop", "items": [{}]})
+    assert resp.status == 202
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+async def test_submission_schema_lists_each_operation(client: TestClient) -> None:
+    doc = await (await client.get("/openapi.json")).json()
+    variants = doc["components"]["schemas"]["JobSubmission"]["oneOf"]
+    names = {v["properties"]["operation"]["const"] for v in variants}
+    ops = await (await client.get("/operations")).json()
+    assert names == {o["name"] for o in ops["data"]}
+
+
+@pytest.mark.parametrize("code", list(CATALOG))
+async def test_every_problem_type_uri_is_served(client: TestClient, code: str) -> None:
+    page = await client.get(f"/errors/{code}")
+    assert page.status == 200 and page.content_type == "text/html"
+    assert CATALOG[code].title.split()[0] in await page.text()
+    data = await client.get(f"/errors/{code}", headers={"Accept": "application/json"})
+    body = await data.json()
+    assert body["code"] == code and body["status"] == CATALOG[code].status
+
+
+async def test_problem_types_resolve(client: TestClient) -> None:
+    resp = await client.get("/bulk-jobs?limit=0")
+    problem = await resp.json()
+    assert problem["type"] == "/errors/invalid_request"
+    assert (await client.get(problem["type"])).status == 200
+    missing = await client.get("/errors/no_such_code")
+    assert missing.status == 404 and (await missing.json())["code"] == "not_found"
+
+
+async def test_error_list_and_operations_item_codes(client: TestClient) -> None:
+    listing = await (await client.get("/errors")).json()
+    assert [e["code"] for e in listing["data"]] == list(CATALOG)
+    assert "timeout" in listing["item_error_codes"]
+    ops = {o["name"]: o for o in (await (await client.get("/operations")).json())["data"]}
+    assert "order_not_found" in ops["update_orders_status"]["item_error_codes"]
+
+
+async def test_live_retry_and_results_responses_match(client: TestClient) -> None:
+    # The api_contract fixture validates these responses against the document.
+    body = await submit(client, "echo", [{"n": 1, "fail": "nope"}, {"n": 2}])
+    await wait_terminal(client, body["id"])
+    retry = await client.post(f"/bulk-jobs/{body['id']}/retry")
+    assert retry.status == 202
+    for fmt in ("ndjson", "csv"):
+        assert (await client.get(f"/bulk-jobs/{body['id']}/results?format={fmt}")).status == 200
+
+
+def test_readme_catalog_is_generated_from_the_code() -> None:
+    spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts/gen_error_catalog.py")
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    readme = (ROOT / "README.md").read_text()
+    assert gen.BEGIN in readme, "README lacks the generated error catalog block"
+    assert catalog_markdown() in readme
+    assert gen.render(readme) == readme, "README error catalog is stale: run `make catalog`"
