@@ -163,14 +163,14 @@ def milestone(job: Job) -> int:
 
 
 @attrs.frozen
-class _SubState:
+class ProgressState:
     events: frozenset[str]
     interval_ms: int
     last_progress_at: int
     last_milestone: int
 
 
-def progress_key(state: _SubState, job: Job, now_ms: int) -> str | None:
+def progress_key(state: ProgressState, job: Job, now_ms: int) -> str | None:
     """The dedupe key of a `job.progress` message this commit should send, if any."""
     if PROGRESS_EVENT not in state.events or job.status is not JobStatus.RUNNING:
         return None
@@ -182,7 +182,7 @@ def progress_key(state: _SubState, job: Job, now_ms: int) -> str | None:
     return None
 
 
-def _due_message(state: _SubState, job: Job, now_ms: int) -> str | None:
+def _due_message(state: ProgressState, job: Job, now_ms: int) -> str | None:
     if job.is_terminal:
         kind = f"job.{job.status.value}"
         return "terminal" if kind in state.events else None
@@ -265,7 +265,7 @@ class SQLiteWebhooks:
             self._outbox_seq += 1
         return added
 
-    async def _states(self, db: aiosqlite.Connection, pks: list[int]) -> dict[int, _SubState]:
+    async def _states(self, db: aiosqlite.Connection, pks: list[int]) -> dict[int, ProgressState]:
         if not pks:
             return {}
         marks = ",".join("?" * len(pks))
@@ -275,7 +275,7 @@ class SQLiteWebhooks:
         )
         async with db.execute(sql, pks) as cur:
             rows = await cur.fetchall()
-        return {r[0]: _SubState(frozenset(r[1].split()), r[2], r[3], r[4]) for r in rows}
+        return {r[0]: ProgressState(frozenset(r[1].split()), r[2], r[3], r[4]) for r in rows}
 
     async def _insert(self, db: aiosqlite.Connection, job: Job, key: str, now_ms: int) -> int:
         kind = f"job.{job.status.value}" if key == "terminal" else PROGRESS_EVENT
