@@ -94,7 +94,8 @@ async def start_receiver(aiohttp_server: Any) -> Receiver:
 
 
 async def wait_quiet(client: TestClient, timeout_s: float = 10) -> None:
-    """Until the dispatcher has nothing in flight and nothing due."""
+    """Until the dispatcher has nothing in flight and nothing due (after the change that
+    enqueues the message was committed, e.g. once the job is terminal)."""
     async with asyncio.timeout(timeout_s):
         await client.app[ENGINE].webhooks.wait_quiet()
 
