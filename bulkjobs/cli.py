@@ -32,6 +32,8 @@ SERVE_FLAGS: list[tuple[str, str, str]] = [
     ("--sse-heartbeat-s", "sse_heartbeat_s", "seconds between SSE comment heartbeats"),
     ("--sse-max-streams", "sse_max_streams", "open SSE streams before 503"),
     ("--long-poll-max-s", "long_poll_max_s", "longest accepted ?wait= on GET /bulk-jobs/{id}"),
+    ("--webhook-timeout-s", "webhook_timeout_s", "seconds a webhook endpoint has to answer"),
+    ("--webhook-concurrency", "webhook_concurrency", "webhook deliveries in flight at once"),
 ]
 
 
