@@ -1,4 +1,5 @@
-"""Command line: `bulkjobs serve` runs the service."""
+"""Command line: `bulkjobs serve` runs the service; `submit`, `status`, `list`, `cancel`
+and `results` are the client (bulkjobs.client.cli)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from .client import cli as client_cli
 from .config import ENV_PREFIX, Settings
 
 #: (flag, settings field, help)
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{text} (env {env}, default {default!r})",
         )
     serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    client_cli.add_commands(sub)  # submit, status, list, cancel, results
     return parser
 
 
@@ -91,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    return client_cli.run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

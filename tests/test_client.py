@@ -263,3 +263,14 @@ async def test_retries_give_up_with_the_last_problem(make_client: ClientFactory)
         with pytest.raises(Unavailable) as busy:
             await bj.submit("noop", [{}, {}])
     assert busy.value.code == "server_busy" and busy.value.retry_after_s == 1
+
+
+async def test_a_failing_item_source_aborts_the_submit(client: TestClient) -> None:
+    def broken_items() -> Iterator[dict[str, int]]:
+        yield from ({"n": i} for i in range(2000))
+        raise LookupError("the source broke")
+
+    async with BulkJobsClient(url_of(client)) as bj:
+        with pytest.raises(LookupError, match="the source broke"):
+            await bj.submit("echo", broken_items())
+        assert [j async for j in bj.list()] == []  # nothing half-submitted

@@ -26,7 +26,7 @@ from .errors import ClientError, TransportError, Unauthorized, WaitTimeout
 from .models import Event, Job
 from .records import csv_records, ndjson_records
 from .sse import RawEvent, read_events
-from .transport import RetryPolicy, Transport, retry_after_s
+from .transport import Reply, RetryPolicy, Transport, retry_after_s
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +110,20 @@ class BulkJobsClient:
         params = _submit_params(operation, ttl_seconds, webhook)
         headers = {"Content-Type": NDJSON, "Idempotency-Key": key}
         body = ReplayableBody(items)
+        http = self._http()
+
+        async def attempt() -> Reply:
+            try:
+                return await http.fetch(
+                    "POST", "/bulk-jobs", params=params, headers=headers, data=body.chunks
+                )
+            except aiohttp.ClientError:
+                if body.error is not None:  # the items failed, not the network
+                    raise body.error from None
+                raise
+
         try:
-            reply = await self._http().call(
-                "POST", "/bulk-jobs", params=params, headers=headers, data=body.chunks
-            )
+            reply = await http.retrying(attempt, idempotent=True)
         finally:
             body.close()
         return Job.from_json(reply.body)

@@ -53,12 +53,21 @@ class ReplayableBody:
         self._source: AsyncIterator[bytes] | None = None
         self._spool: IO[bytes] | None = None
         self._source_done = False
+        self.error: Exception | None = None
 
     def chunks(self) -> AsyncIterator[bytes]:
         """A fresh iterator over the whole body (for one attempt)."""
-        if self._replayable:
-            return encode_ndjson(self._items)
-        return self._teed()
+        return self._watched(encode_ndjson(self._items) if self._replayable else self._teed())
+
+    async def _watched(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        # aiohttp reports any error of a body as a connection error; remember the
+        # source's own so that the submit raises it instead of retrying a cut body.
+        try:
+            async for chunk in chunks:
+                yield chunk
+        except Exception as exc:
+            self.error = exc
+            raise
 
     async def _teed(self) -> AsyncIterator[bytes]:
         spool = self._open_spool()
