@@ -16,7 +16,6 @@ import asyncio
 from datetime import datetime
 
 import aiohttp
-
 from common import job_body, median, post_job, rss_mb, running_server, wait_done
 
 
@@ -34,7 +33,9 @@ async def bench_post(http: aiohttp.ClientSession, url: str, n: int, runs: int) -
     return seconds
 
 
-async def bench_throughput(http: aiohttp.ClientSession, url: str, n: int, runs: int) -> list[tuple[float, float]]:
+async def bench_throughput(
+    http: aiohttp.ClientSession, url: str, n: int, runs: int
+) -> list[tuple[float, float]]:
     body = job_body("noop", n)
     rates = []
     for _ in range(runs):
@@ -57,12 +58,16 @@ async def main() -> None:
     async with running_server(workers=args.workers) as server, aiohttp.ClientSession() as http:
         for n in (10_000, 100_000):
             s = await bench_post(http, server.url, n, args.runs)
-            print(f"POST {n:>7,} items -> 202: median {median(s):.3f}s  (min {min(s):.3f}, max {max(s):.3f})")
+            print(
+                f"POST {n:>7,} items -> 202: median {median(s):.3f}s  (min {min(s):.3f}, max {max(s):.3f})"
+            )
         rates = await bench_throughput(http, server.url, 100_000, max(3, args.runs - 2))
         proc = [r[0] for r in rates]
         wall = [r[1] for r in rates]
-        print(f"noop 100,000 items: median {median(proc):,.0f} items/s after the 202 "
-              f"(min {min(proc):,.0f}); {median(wall):,.0f} items/s including the POST")
+        print(
+            f"noop 100,000 items: median {median(proc):,.0f} items/s after the 202 "
+            f"(min {min(proc):,.0f}); {median(wall):,.0f} items/s including the POST"
+        )
         print(f"server peak RSS: {rss_mb(server.pid, 'VmHWM'):.0f} MB")
 
 

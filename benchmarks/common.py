@@ -89,7 +89,9 @@ def job_body(operation: str, n: int, item: dict[str, Any] | None = None) -> byte
     """A JSON body of n items, built as bytes once (the client is not being measured)."""
     one = (item and __import__("json").dumps(item)) or "{}"
     return (
-        b'{"operation": "' + operation.encode() + b'", "items": ['
+        b'{"operation": "'
+        + operation.encode()
+        + b'", "items": ['
         + b",".join([one.encode()] * n)
         + b"]}"
     )

@@ -33,6 +33,8 @@ class Settings:
     idempotency_ttl_s: int = 24 * 3600  # Idempotency-Key records are kept at least this long
     janitor_interval_s: float = 30.0
     janitor_batch_jobs: int = 100
+    purge_batch_items: int = 2000  # items of removed jobs deleted per transaction
+    purge_pause_ms: float = 5.0  # pause between purge batches, room for the writer
     # scheduling and group commit
     queue_chunks: int = 0  # 0 = 2 x workers
     commit_max_rows: int = 2000
@@ -61,6 +63,16 @@ class Settings:
     webhook_retry_schedule_s: str = "5,300,1800,7200,18000,36000,50400,72000,86400"
     webhook_concurrency: int = 16
     webhook_progress_interval_s: float = 10.0
+
+    # security and admission (issue 6): keys are `tenant:sha256:<hex>` lines
+    api_keys_file: str = ""
+    api_keys: str = ""  # the same lines, comma separated (env BULKJOBS_API_KEYS)
+    events_token_ttl_s: int = 3600
+    submit_rate_per_s: float = 20.0  # per tenant; 0 = unlimited
+    submit_burst: int = 40
+    max_active_jobs: int = 100  # pending or running jobs per tenant; 0 = unlimited
+    min_free_disk_bytes: int = 100 * 1024 * 1024
+    log_format: str = attrs.field(default="text", validator=attrs.validators.in_({"text", "json"}))
 
     @property
     def queue_size(self) -> int:

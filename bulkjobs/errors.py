@@ -176,6 +176,30 @@ CATALOG: dict[str, ProblemType] = {
             " cannot send signed webhooks; follow the job by polling or SSE.",
         ),
         ProblemType(
+            "unauthorized",
+            401,
+            "Unauthorized",
+            "A valid API key is required: send `Authorization: Bearer <key>`.",
+        ),
+        ProblemType(
+            "rate_limited",
+            429,
+            "Too many submits",
+            "The tenant submits faster than its configured rate; retry after `Retry-After`.",
+        ),
+        ProblemType(
+            "too_many_active_jobs",
+            429,
+            "Too many active jobs",
+            "The tenant has as many pending or running jobs as allowed; wait for some to finish.",
+        ),
+        ProblemType(
+            "insufficient_storage",
+            507,
+            "Insufficient storage",
+            "Free disk space is below the configured threshold; new jobs are refused.",
+        ),
+        ProblemType(
             "internal_error", 500, "Internal error", "An unexpected error; it has been logged."
         ),
     )
@@ -199,6 +223,7 @@ class BulkJobsError(Exception):
         detail: str,
         *,
         retry_after_s: int | None = None,
+        headers: dict[str, str] | None = None,
         **extra: Any,
     ) -> None:
         if code not in CATALOG:
@@ -207,6 +232,7 @@ class BulkJobsError(Exception):
         self.code = code
         self.detail = detail
         self.retry_after_s = retry_after_s
+        self.headers = headers or {}
         self.extra = extra
 
     @property

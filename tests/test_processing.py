@@ -148,10 +148,11 @@ async def test_restart_resumes_and_runs_each_item_once(settings: Settings) -> No
     await first.start()
     svc = JobService(first)
     job = await svc.submit(
-        b'{"operation": "counted", "items": [' + b",".join([b'{"n": 1}'] * 100) + b"]}"
+        b'{"operation": "counted", "items": [' + b",".join([b'{"n": 1}'] * 100) + b"]}",
+        "default",
     )
-    while (await svc.get(job.id)).succeeded < 30:
-        await first.hub.wait_changed(job.id, (await svc.get(job.id)).seq, 5)
+    while (await svc.get(job.id, "default")).succeeded < 30:
+        await first.hub.wait_changed(job.id, (await svc.get(job.id, "default")).seq, 5)
     await first.stop()  # items 30.. are blocked: they stay pending
 
     stored = await _statuses(settings.db_path, job.id)
@@ -162,7 +163,7 @@ async def test_restart_resumes_and_runs_each_item_once(settings: Settings) -> No
     await second.start()
     try:
         svc = JobService(second)
-        while not (current := await svc.get(job.id)).is_terminal:
+        while not (current := await svc.get(job.id, "default")).is_terminal:
             await second.hub.wait_changed(job.id, current.seq, 5)
         assert (current.status, current.succeeded) == ("completed", 100)
     finally:

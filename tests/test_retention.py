@@ -114,3 +114,15 @@ async def test_zero_tombstone_period_means_404_at_once(make_client: Any) -> None
 async def test_unknown_ids_stay_404(client: TestClient) -> None:
     await problem(await client.get(f"/bulk-jobs/{MISSING}"), 404, "job_not_found")
     await problem(await client.get(f"/bulk-jobs/{MISSING}/results"), 404, "job_not_found")
+
+
+async def test_a_deleted_newest_job_never_lends_its_key(client: TestClient) -> None:
+    # Its items are purged later, so the next job must not get the same store key.
+    first = await finished(client, n=3)
+    assert (await client.delete(f"/bulk-jobs/{first}")).status == 204
+    second = await finished(client, n=5)
+    items = await (await client.get(f"/bulk-jobs/{second}/items")).json()
+    assert [i["index"] for i in items["data"]] == [0, 1, 2, 3, 4]
+    await purge_all(client)
+    items = await (await client.get(f"/bulk-jobs/{second}/items")).json()
+    assert len(items["data"]) == 5

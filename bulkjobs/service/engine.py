@@ -18,6 +18,7 @@ from ..models import Job, JobError, JobStatus
 from ..registry import LifespanInfo, Registry
 from ..store import Store, open_store
 from .events import EventHub
+from .metrics import Metrics
 from .retention import Janitor
 from .scheduler import Chunk, Scheduler, StopRequest
 from .webhooks import DispatcherConfig, WebhookDispatcher
@@ -48,16 +49,20 @@ class Engine:
             synchronous=settings.sqlite_synchronous,
             busy_timeout_ms=settings.busy_timeout_ms,
         )
+        self.metrics = Metrics()
         self.hub = EventHub(progress_interval_s=settings.progress_interval_ms / 1000)
         self.writer = ResultWriter(
             self.store,
             self._on_commit,
             max_rows=settings.commit_max_rows,
             linger_ms=settings.commit_linger_ms,
+            metrics=self.metrics,
         )
         self.queue: asyncio.Queue[Chunk] = asyncio.Queue(settings.queue_size)
         self.scheduler = Scheduler(self.store, self.writer, self.queue, settings.load_page_items)
-        self.workers = WorkerPool(self.queue, self.scheduler, self.writer, settings.workers)
+        self.workers = WorkerPool(
+            self.queue, self.scheduler, self.writer, settings.workers, self.metrics
+        )
         self.draining = False
         self._purge_wake = asyncio.Event()
         self.janitor = Janitor(
@@ -127,18 +132,6 @@ class Engine:
             self.hub.publish(job)
             if job.is_terminal:
                 self.scheduler.forget(job)
-            else:
-                self._check_threshold(job)
-
-    def _check_threshold(self, job: Job) -> None:
-        op = self.registry.get(job.operation)
-        ratio = op.options.max_failed_ratio if op else None
-        run = self.scheduler.get(job.id)
-        if ratio is None or run is None or job.failed <= ratio * job.total_items:
-            return
-        msg = f"{job.failed} of {job.total_items} items failed (threshold {ratio:.0%})"
-        stop = StopRequest(JobStatus.FAILED, JobError("failure_threshold_exceeded", msg))
-        self.scheduler.request_stop(run, stop)
 
     # -- purge -------------------------------------------------------------
 
@@ -151,9 +144,10 @@ class Engine:
 
     async def _purge_loop(self) -> None:
         while True:
-            removed = await self.store.purge_step()
+            removed = await self.store.purge_step(self.settings.purge_batch_items)
             if removed:
-                await asyncio.sleep(0)  # let the writer in between batches
+                # A short pause, not just a yield: the writer gets the lock between batches.
+                await asyncio.sleep(self.settings.purge_pause_ms / 1000)
                 continue
             self._purge_wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -112,7 +112,8 @@ def _items_list(items: Any, op: Operation, limits: IntakeLimits) -> list[Any]:
 def _rows(op: Operation, items: list[Any]) -> list[NewItemRow]:
     rows: list[NewItemRow] = []
     errors: list[dict[str, str]] = []
-    structure, dumps = op.validator.structure, jsonutil.dumps
+    # str, not bytes: orjson's bytes keep a ~4 KiB allocation each (400 MB per 100k items)
+    structure, dumps = op.validator.structure, jsonutil.dumps_str
     for idx, item in enumerate(items):
         try:
             structure(item)

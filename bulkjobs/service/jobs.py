@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 from collections.abc import AsyncGenerator
 from typing import Generic, TypeVar
 
@@ -21,6 +22,7 @@ from ..store.base import ResultRow
 from .engine import Engine
 from .idempotency import check_key, matching_job_id, new_record, request_hash
 from .intake import IntakeLimits, Submission, parse_body, prepare
+from .limits import DiskGuard, RateLimiter, check_active_jobs
 from .results import parse_status_filter, require_downloadable, result_pages
 from .retention import missing_job
 from .scheduler import StopRequest
@@ -70,6 +72,9 @@ class JobService:
             max_ttl_s=s.max_ttl_s,
         )
         self._reserved_items = 0
+        self._reserved_jobs: collections.Counter[str] = collections.Counter()
+        self._rate = RateLimiter(s.submit_rate_per_s, s.submit_burst)
+        self._disk = DiskGuard(s.db_path, s.min_free_disk_bytes)
         self.webhooks = WebhookService(
             engine.store.webhooks,
             engine.webhooks,
@@ -79,17 +84,23 @@ class JobService:
 
     # -- submit ------------------------------------------------------------
 
-    async def submit(self, raw: bytes, tenant: str = "default") -> Job:
+    async def submit(self, raw: bytes, tenant: str) -> Job:
         """Validate, store durably, admit to the scheduler; return the pending job."""
-        if self.engine.draining:
-            raise BulkJobsError("shutting_down", "The server is shutting down.", retry_after_s=5)
+        self._check_admission(tenant)
         sub = await self._prepare(raw)
         n = len(sub.rows)
-        self._reserve(n)
+        self._reserve(n, tenant)
         try:
             return await self._store_and_admit(sub, tenant)
         finally:
-            self._reserved_items -= n
+            self._release(n, tenant)
+
+    def _check_admission(self, tenant: str) -> None:
+        """Cheap checks before any parsing: draining, submit rate, disk space."""
+        if self.engine.draining:
+            raise BulkJobsError("shutting_down", "The server is shutting down.", retry_after_s=5)
+        self._rate.take(tenant)
+        self._disk.check()
 
     async def _prepare(self, raw: bytes) -> Submission:
         if len(raw) < THREAD_INTAKE_BYTES:
@@ -100,7 +111,10 @@ class JobService:
 
         return await asyncio.to_thread(work)
 
-    def _reserve(self, n: int) -> None:
+    def _reserve(self, n: int, tenant: str) -> None:
+        """Hold room for a job of n items until it is admitted (or refused)."""
+        active = self.engine.scheduler.active_for(tenant) + self._reserved_jobs[tenant]
+        check_active_jobs(active, self.engine.settings.max_active_jobs)
         backlog = self.engine.scheduler.backlog_items + self._reserved_items
         if backlog + n > self.engine.settings.max_pending_items:
             raise BulkJobsError(
@@ -109,6 +123,13 @@ class JobService:
                 retry_after_s=max(1, self.engine.settings.retry_after_s),
             )
         self._reserved_items += n
+        self._reserved_jobs[tenant] += 1
+
+    def _release(self, n: int, tenant: str) -> None:
+        self._reserved_items -= n
+        self._reserved_jobs[tenant] -= 1
+        if not self._reserved_jobs[tenant]:
+            del self._reserved_jobs[tenant]
 
     async def _store_and_admit(self, sub: Submission, tenant: str) -> Job:
         now = utcnow()
@@ -132,7 +153,7 @@ class JobService:
 
     # -- read --------------------------------------------------------------
 
-    async def get(self, job_id: str, tenant: str = "default") -> Job:
+    async def get(self, job_id: str, tenant: str) -> Job:
         job = await self.engine.store.get_job(job_id)
         if job is None or job.tenant != tenant:
             raise await missing_job(self.engine.store, job_id, tenant)
@@ -141,7 +162,7 @@ class JobService:
     async def list_jobs(
         self,
         *,
-        tenant: str = "default",
+        tenant: str,
         status: str | None = None,
         operation: str | None = None,
         cursor: str | None = None,
@@ -159,7 +180,7 @@ class JobService:
         self,
         job_id: str,
         *,
-        tenant: str = "default",
+        tenant: str,
         status: str | None = None,
         cursor: str | None = None,
         limit: int = 100,
@@ -178,7 +199,7 @@ class JobService:
 
     # -- change ------------------------------------------------------------
 
-    async def cancel(self, job_id: str, tenant: str = "default") -> Job:
+    async def cancel(self, job_id: str, tenant: str) -> Job:
         """Stop dispatching; items being worked finish, the rest become cancelled."""
         job = await self.get(job_id, tenant)
         _require_active(job)
@@ -200,7 +221,7 @@ class JobService:
             _require_active(final)
         return final
 
-    async def delete(self, job_id: str, tenant: str = "default") -> None:
+    async def delete(self, job_id: str, tenant: str) -> None:
         job = await self.get(job_id, tenant)
         if not job.is_terminal:
             raise BulkJobsError(
@@ -210,7 +231,7 @@ class JobService:
 
     # -- idempotent submit, retry, lineage, results ---------------------------
 
-    async def submit_once(self, raw: bytes, key: str, tenant: str = "default") -> tuple[Job, bool]:
+    async def submit_once(self, raw: bytes, key: str, tenant: str) -> tuple[Job, bool]:
         """Submit under an `Idempotency-Key`: (the job, True when it was created before)."""
         key = check_key(key)
         digest = await asyncio.to_thread(request_hash, raw) if len(raw) > 1 << 20 else None
@@ -218,10 +239,9 @@ class JobService:
         found = await self.engine.store.get_idempotency(tenant, key)
         if found is not None and found.expires_at > utcnow():
             return await self.get(matching_job_id(found, digest), tenant), True
-        if self.engine.draining:
-            raise BulkJobsError("shutting_down", "The server is shutting down.", retry_after_s=5)
+        self._check_admission(tenant)
         sub = await self._prepare(raw)
-        self._reserve(len(sub.rows))
+        self._reserve(len(sub.rows), tenant)
         try:
             job = _new_job(sub.operation.name, len(sub.rows), tenant, sub.ttl_s)
             ttl_s = self.engine.settings.idempotency_ttl_s
@@ -229,21 +249,22 @@ class JobService:
             hook = await self.webhooks.vet(sub.webhook)
             found = await self.engine.store.create_job_once(job, sub.rows, record, hook)
         finally:
-            self._reserved_items -= len(sub.rows)
+            self._release(len(sub.rows), tenant)
         if found is not None:  # a concurrent twin stored it first
             return await self.get(matching_job_id(found, digest), tenant), True
         return await self._admit(record.job_id), False
 
-    async def retry(self, job_id: str, tenant: str = "default") -> Job:
+    async def retry(self, job_id: str, tenant: str) -> Job:
         """A new job of the same operation from the failed items of a finished job."""
         source = await self.get(job_id, tenant)
         op = self._retryable(source)
-        self._reserve(source.failed)
+        self._check_admission(tenant)
+        self._reserve(source.failed, tenant)
         try:
             job = _new_job(op.name, source.failed, tenant, source.ttl_s)
             await self.engine.store.create_retry_job(job, source)
         finally:
-            self._reserved_items -= source.failed
+            self._release(source.failed, tenant)
         return await self._admit(job.id)
 
     def _retryable(self, source: Job) -> Operation:
@@ -276,7 +297,7 @@ class JobService:
         return await self.engine.store.retry_links(job.id)
 
     async def results(
-        self, job_id: str, *, tenant: str = "default", status: str | None, partial: bool
+        self, job_id: str, *, tenant: str, status: str | None, partial: bool
     ) -> tuple[Job, AsyncGenerator[list[ResultRow], None]]:
         """The job and an iterator of its outcome pages; checked before any byte is sent."""
         flt = parse_status_filter(status)

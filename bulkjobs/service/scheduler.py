@@ -41,6 +41,7 @@ class JobRun:
     remaining: int
     failed: int = 0
     max_failed: int | None = None
+    tenant: str = "default"
     started: bool = False
     next_index: int = 0
     buffer: collections.deque[WorkItem] = attrs.field(factory=collections.deque)
@@ -98,6 +99,7 @@ class Scheduler:
             remaining=job.total_items - job.processed,
             failed=job.failed,
             max_failed=None if ratio is None else int(ratio * job.total_items),
+            tenant=job.tenant,
         )
         run.started = job.status is JobStatus.RUNNING
         self._runs.append(run)
@@ -116,6 +118,10 @@ class Scheduler:
     @property
     def active_jobs(self) -> int:
         return len(self._by_id)
+
+    def active_for(self, tenant: str) -> int:
+        """Pending or running jobs of one tenant."""
+        return sum(1 for r in self._by_id.values() if r.tenant == tenant)
 
     def request_stop(self, run: JobRun, stop: StopRequest) -> None:
         """Stop dispatching `run`; it finishes as `stop.status` once nothing is in flight."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,12 +17,15 @@ from .. import jsonutil
 from ..models import ItemStatus, WorkItem
 from ..registry import BatchContext, ItemContext, ItemFailed, Operation, call_handler
 from ..store import OutcomeRow
+from .metrics import Metrics
 from .scheduler import Chunk, JobRun, Scheduler
 from .writer import Outcomes, ResultWriter
 
 logger = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 1000
+#: Longest stretch a worker runs handlers that never suspend before yielding the loop.
+SLICE_S = 0.002
 
 #: What one attempt produced: ("ok", result) or ("err", ItemFailed)
 Attempt = tuple[str, Any]
@@ -36,7 +40,7 @@ def _row(run: JobRun, item: WorkItem, attempt: Attempt, attempts: int) -> Outcom
     kind, value = attempt
     if kind == "ok":
         try:
-            result = None if value is None else jsonutil.dumps(value)
+            result = None if value is None else jsonutil.dumps_str(value)
         except TypeError as exc:
             return _failed_row(
                 run, item, ItemFailed("internal_error", f"bad result: {exc}"), attempts
@@ -58,10 +62,17 @@ class Executor:
         if op.is_batch:
             return await self._run_batch(run, op, chunk)
         rows: list[OutcomeRow] = []
+        clock = time.perf_counter
+        yield_at = clock() + SLICE_S
         for item in chunk:
             if run.stopping:
                 break  # the rest stay pending; the stop transition cancels them
             rows.append(await self._run_item(run, op, item))
+            if clock() >= yield_at:
+                # A handler that never suspends would hold the loop for the whole
+                # chunk; give requests, streams and the writer a turn.
+                await asyncio.sleep(0)
+                yield_at = clock() + SLICE_S
         return rows
 
     async def _run_item(self, run: JobRun, op: Operation, item: WorkItem) -> OutcomeRow:
@@ -159,12 +170,18 @@ class WorkerPool:
     """N worker coroutines draining the work queue."""
 
     def __init__(
-        self, queue: asyncio.Queue[Chunk], scheduler: Scheduler, writer: ResultWriter, size: int
+        self,
+        queue: asyncio.Queue[Chunk],
+        scheduler: Scheduler,
+        writer: ResultWriter,
+        size: int,
+        metrics: Metrics,
     ) -> None:
         self._queue = queue
         self._scheduler = scheduler
         self._writer = writer
         self._executor = Executor()
+        self._metrics = metrics
         self.size = size
         self.busy = 0
         self._idle = asyncio.Event()
@@ -194,9 +211,20 @@ class WorkerPool:
         """Run the chunk and queue its outcomes; return how many items failed."""
         if run.stopping:
             return 0
+        started = time.perf_counter()
         rows = await self._executor.run_chunk(run, chunk)
         if not rows:
             return 0
         ok = sum(1 for r in rows if r[0] == ItemStatus.SUCCEEDED.value)
         await self._writer.put(Outcomes(run.pk, rows, ok, len(rows) - ok))
+        self._observe(run.operation.name, rows, ok, time.perf_counter() - started)
         return len(rows) - ok
+
+    def _observe(self, operation: str, rows: list[OutcomeRow], ok: int, elapsed_s: float) -> None:
+        m = self._metrics
+        m.items.labels(operation, "succeeded").inc(ok)
+        m.items.labels(operation, "failed").inc(len(rows) - ok)
+        per_item = m.item_seconds.labels(operation)
+        mean_s = elapsed_s / len(rows)  # one observation per item, of the chunk's mean
+        for _ in rows:
+            per_item.observe(mean_s)

@@ -16,6 +16,7 @@ import attrs
 
 from ..models import Job, JobError, JobStatus, utcnow
 from ..store import JobChange, OutcomeRow, Store
+from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ class ResultWriter:
         max_rows: int = 2000,
         linger_ms: float = 2.0,
         queue_size: int = 256,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._store = store
         self._on_commit = on_commit
         self._max_rows = max_rows
@@ -167,9 +170,12 @@ class ResultWriter:
                 await asyncio.sleep(_RETRY_DELAY_S)
                 continue
             break
+        elapsed = time.perf_counter() - started
         self.stats.commits += 1
         self.stats.rows += len(rows)
-        self.stats.seconds += time.perf_counter() - started
+        self.stats.seconds += elapsed
+        self._metrics.commit_rows.observe(len(rows))
+        self._metrics.commit_seconds.observe(elapsed)
         _resolve(batch, jobs)
         self._on_commit(jobs)
 

@@ -13,10 +13,10 @@ from .webhooks import NewWebhook, WebhookStore
 
 #: One item outcome as the writer hands it to the store:
 #: (status, result_json, error_code, error_message, attempts, job_pk, index)
-OutcomeRow = tuple[str, bytes | None, str | None, str | None, int, int, int]
+OutcomeRow = tuple[str, str | None, str | None, str | None, int, int, int]
 
 #: One new item: (index, item_id, payload_json)
-NewItemRow = tuple[int, str | None, bytes]
+NewItemRow = tuple[int, str | None, str]
 
 
 @attrs.frozen
@@ -57,7 +57,7 @@ class IdempotencyRecord:
 
 #: One row of a result download:
 #: (index, item_id, status, result_json, error_code, error_message)
-ResultRow = tuple[int, str | None, str, bytes | None, str | None, str | None]
+ResultRow = tuple[int, str | None, str, str | bytes | None, str | None, str | None]
 
 
 @attrs.frozen

@@ -123,4 +123,21 @@ MIGRATIONS: list[tuple[str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        "0004_job_pk_high_water",
+        """
+        -- Job keys are never reused: a deleted job's items (and webhook rows) may outlive
+        -- its row, and SQLite would otherwise hand max(pk) + 1 to the next job again.
+        CREATE TABLE job_pk_high_water (
+            one INTEGER PRIMARY KEY CHECK (one = 1),
+            pk INTEGER NOT NULL
+        );
+        INSERT INTO job_pk_high_water (one, pk)
+            SELECT 1, max(coalesce((SELECT max(pk) FROM jobs), 0),
+                          coalesce((SELECT max(job_pk) FROM purge_queue), 0));
+        CREATE TRIGGER jobs_pk_high_water AFTER INSERT ON jobs BEGIN
+            UPDATE job_pk_high_water SET pk = max(pk, NEW.pk) WHERE one = 1;
+        END;
+        """,
+    ),
 ]

@@ -202,8 +202,9 @@ class SQLiteStore:
         webhook: NewWebhook | None = None,
     ) -> int:
         cur = await db.execute(
-            "INSERT INTO jobs (id, tenant, operation, status, total_items, created_at,"
-            " updated_at, ttl_s, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING pk",
+            "INSERT INTO jobs (pk, id, tenant, operation, status, total_items, created_at,"
+            " updated_at, ttl_s, seq) VALUES ((SELECT pk + 1 FROM job_pk_high_water),"
+            " ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING pk",
             (
                 job.id,
                 job.tenant,

@@ -9,11 +9,13 @@ from aiohttp import web
 
 from ..config import Settings
 from ..registry import Registry, load_registry
+from ..security import KeyRing, TokenSigner
 from ..service.engine import Engine
 from ..service.jobs import JobService
 from . import dashboard, docs, metrics, results, sse, webhooks
 from . import routes as job_routes
-from .keys import ENGINE, SERVICE, SETTINGS, STREAMS
+from .auth import auth_middleware
+from .keys import ENGINE, KEYRING, SERVICE, SETTINGS, SIGNER, STREAMS
 from .problems import problem_middleware
 from .representation import job_json
 from .slots import StreamSlots
@@ -36,13 +38,17 @@ def create_app(
     """A ready-to-run application; the engine starts with the app and stops with it."""
     settings = settings or Settings.from_env()
     registry = registry or load_registry(settings.app)
-    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[problem_middleware, auth_middleware], client_max_size=settings.max_body_bytes
+    )
     base = settings.base_path
     engine = Engine(settings, registry, render_job=lambda job: job_json(job, base))
     app[SETTINGS] = settings
     app[ENGINE] = engine
     app[SERVICE] = JobService(engine)
     app[STREAMS] = StreamSlots(settings.sse_max_streams)
+    app[KEYRING] = KeyRing.load(settings.api_keys_file, settings.api_keys)
+    app[SIGNER] = TokenSigner(ttl_s=settings.events_token_ttl_s)
     for table in ROUTE_TABLES:
         for route in table:
             assert isinstance(route, web.RouteDef)

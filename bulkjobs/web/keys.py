@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..config import Settings
+from ..security import KeyRing, TokenSigner
 from ..service.engine import Engine
 from ..service.jobs import JobService
 from .slots import StreamSlots
@@ -13,3 +14,7 @@ SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", Engine)
 SERVICE = web.AppKey("service", JobService)
 STREAMS = web.AppKey("streams", StreamSlots)
+KEYRING = web.AppKey("keyring", KeyRing)
+#: Per request: the authenticated tenant (set by the auth middleware).
+TENANT = web.RequestKey("tenant", str)
+SIGNER = web.AppKey("signer", TokenSigner)

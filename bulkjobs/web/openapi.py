@@ -44,13 +44,37 @@ def build_document(
             " problems; each `type` is a URI under /errors naming a code of the catalog.",
         },
         "servers": [{"url": settings.base_path or "/"}],
-        "paths": only_mounted(paths(), mounted),
+        "paths": only_mounted(with_auth(paths()), mounted),
         "components": {
             "schemas": schemas(settings, registry),
             "headers": HEADERS,
             "parameters": parameters(settings),
+            "securitySchemes": {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Needed when the server has API keys configured",
+                }
+            },
         },
     }
+
+
+#: Paths served without an API key even when keys are configured (see web/auth.py).
+PUBLIC_PATHS = frozenset(
+    {"/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/errors/{code}"}
+)
+
+
+def with_auth(all_paths: dict[str, Schema]) -> dict[str, Schema]:
+    """Every non-public operation may answer 401 and accepts a bearer key (or none)."""
+    for path, ops in all_paths.items():
+        if path in PUBLIC_PATHS:
+            continue
+        for operation in ops.values():
+            operation["responses"].update(problems("unauthorized"))
+            operation["security"] = [{"apiKey": []}, {}]
+    return all_paths
 
 
 def only_mounted(
@@ -129,6 +153,7 @@ def op(
 
 JOB_HEADERS = ("ETag", "Retry-After", "Expires", "Cache-Control")
 MISSING_JOB = ("not_found", "job_not_found", "job_deleted", "job_expired")
+TENANT_LIMITS = ("rate_limited", "too_many_active_jobs", "insufficient_storage")
 WEBHOOK_SUBMIT = ("webhook_url_forbidden", "webhook_url_unresolvable", "webhooks_not_configured")
 
 
@@ -187,12 +212,25 @@ def job_paths() -> dict[str, Schema]:
                         "unknown_operation",
                         "idempotency_key_reused",
                         *WEBHOOK_SUBMIT,
+                        *TENANT_LIMITS,
                         "server_busy",
                         "shutting_down",
                     ),
                 },
                 params=("IdempotencyKey",),
-                body={"required": True, "content": {JSON: {"schema": ref("JobSubmission")}}},
+                body={
+                    "required": True,
+                    "content": {
+                        JSON: {"schema": ref("JobSubmission")},
+                        "application/x-ndjson": {
+                            "schema": {
+                                "type": "string",
+                                "description": "One item per line; `operation` and"
+                                " `ttl_seconds` go in the query string",
+                            }
+                        },
+                    },
+                },
             ),
             "get": op(
                 "listJobs",
@@ -252,7 +290,7 @@ def job_child_paths() -> dict[str, Schema]:
                         "invalid_request", *MISSING_JOB, "too_many_streams", "shutting_down"
                     ),
                 },
-                params=("JobId", "LastEventId", "LastEventIdQuery"),
+                params=("JobId", "LastEventId", "LastEventIdQuery", "EventsToken"),
             )
         },
         "/bulk-jobs/{job_id}/results": {"get": results_op()},
@@ -279,6 +317,7 @@ def job_child_paths() -> dict[str, Schema]:
                         "job_not_terminal",
                         "no_failed_items",
                         "unknown_operation",
+                        *TENANT_LIMITS,
                         "server_busy",
                         "shutting_down",
                     ),
@@ -441,6 +480,9 @@ PARAMETERS: dict[str, Schema] = {
         "partial", "query", _enum(["true", "false"]), "Allow results of an unfinished job"
     ),
     "Accept": _param("Accept", "header", {"type": "string"}, "Alternative to `format`"),
+    "EventsToken": _param(
+        "token", "query", {"type": "string"}, "Signed token for this job's stream (no header)"
+    ),
     "IfNoneMatch": _param("If-None-Match", "header", {"type": "string"}, "A previous ETag"),
     "LastEventId": _param(
         "Last-Event-ID", "header", {"type": "string", "pattern": "^[0-9]+$"}, "Resume after"

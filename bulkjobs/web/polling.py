@@ -12,18 +12,18 @@ from aiohttp import web
 
 from ..errors import BulkJobsError
 from ..models import Job
+from .auth import tenant_of
 from .keys import ENGINE, SERVICE, SETTINGS
 from .representation import etag
-
-#: The only tenant until authentication exists (DESIGN.md, "Job resource").
-DEFAULT_TENANT = "default"
 
 
 async def read_job(request: web.Request) -> Job:
     """The job, after waiting for a change when the request asks for a long-poll."""
     wait_s = wait_seconds(request)
     engine = request.app[ENGINE]
-    job = current_from_hub(request) or await request.app[SERVICE].get(request.match_info["job_id"])
+    job = current_from_hub(request) or await request.app[SERVICE].get(
+        request.match_info["job_id"], tenant_of(request)
+    )
     if wait_s == 0 or job.is_terminal or engine.draining:
         return job
     known = request.headers.get("If-None-Match")
@@ -44,7 +44,7 @@ def current_from_hub(request: web.Request) -> Job | None:
     if known is None or event is None:
         return None
     job = event.job
-    if job.is_terminal or job.tenant != DEFAULT_TENANT or etag(job) != known:
+    if job.is_terminal or job.tenant != tenant_of(request) or etag(job) != known:
         return None
     return job
 

@@ -61,7 +61,12 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
         return response
     except BulkJobsError as err:
         return problem_response(
-            request, err.code, err.detail, retry_after_s=err.retry_after_s, **err.extra
+            request,
+            err.code,
+            err.detail,
+            retry_after_s=err.retry_after_s,
+            headers=err.headers,
+            **err.extra,
         )
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -24,9 +24,12 @@ def job_links(job: Job, base: str) -> dict[str, str]:
     }
 
 
-def job_json(job: Job, base: str) -> dict[str, Any]:
+def job_json(job: Job, base: str, events_token: str | None = None) -> dict[str, Any]:
     """The public job resource (DESIGN.md, "Job resource")."""
     links = job_links(job, base)
+    if events_token is not None:
+        # browsers cannot send headers on EventSource: the link carries its own token
+        links["events"] += f"?token={events_token}"
     body: dict[str, Any] = {
         "id": job.id,
         "operation": job.operation,

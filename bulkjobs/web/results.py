@@ -20,8 +20,9 @@ from .. import jsonutil
 from ..errors import BulkJobsError
 from ..models import Job
 from ..store.base import ResultRow
+from .auth import tenant_of
 from .keys import SERVICE, SETTINGS
-from .representation import job_json
+from .render import render_job
 
 routes = web.RouteTableDef()
 
@@ -48,6 +49,7 @@ async def download_results(request: web.Request) -> web.StreamResponse:
     media = negotiate(request)
     job, pages = await request.app[SERVICE].results(
         request.match_info["job_id"],
+        tenant=tenant_of(request),
         status=request.query.get("status"),
         partial=_flag(request.query.get("partial"), "partial"),
     )
@@ -78,9 +80,8 @@ async def _write_pages(
 @routes.post("/bulk-jobs/{job_id}/retry")
 async def retry_failures(request: web.Request) -> web.Response:
     """202 with a new job made of the source job's failed items (same operation)."""
-    job = await request.app[SERVICE].retry(request.match_info["job_id"])
-    base = request.app[SETTINGS].base_path
-    body = await with_lineage(request, job, job_json(job, base))
+    job = await request.app[SERVICE].retry(request.match_info["job_id"], tenant_of(request))
+    body = await with_lineage(request, job, render_job(request, job))
     headers = {"Location": body["links"]["self"], "Retry-After": "1"}
     return web.Response(
         status=202, body=jsonutil.dumps(body), content_type="application/json", headers=headers
@@ -189,7 +190,14 @@ def encode_csv(rows: list[ResultRow]) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerows(
-        (idx, item_id or "", status, result.decode() if result else "", code or "", message or "")
+        (idx, item_id or "", status, _text(result), code or "", message or "")
         for idx, item_id, status, result, code, message in rows
     )
     return buf.getvalue().encode()
+
+
+def _text(result: str | bytes | None) -> str:
+    # results are stored as TEXT; BLOBs only in files written before that change
+    if result is None:
+        return ""
+    return result if isinstance(result, str) else result.decode()

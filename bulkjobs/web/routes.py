@@ -15,9 +15,11 @@ from ..errors import BulkJobsError
 from ..models import Job
 from ..service.intake import ndjson_to_body
 from ..service.jobs import MAX_PAGE, THREAD_INTAKE_BYTES, Page
+from .auth import tenant_of
 from .keys import ENGINE, SERVICE, SETTINGS
 from .polling import read_job
-from .representation import etag, item_json, job_json, retry_after_s
+from .render import render_job
+from .representation import etag, item_json, retry_after_s
 from .results import with_lineage
 
 routes = web.RouteTableDef()
@@ -89,10 +91,10 @@ async def create_job(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     replayed = False
     if key is None:
-        job = await request.app[SERVICE].submit(raw)
+        job = await request.app[SERVICE].submit(raw, tenant_of(request))
     else:
-        job, replayed = await request.app[SERVICE].submit_once(raw, key)
-    body = job_json(job, _base(request))
+        job, replayed = await request.app[SERVICE].submit_once(raw, key, tenant_of(request))
+    body = render_job(request, job)
     headers = _job_headers(request, job)
     headers["Location"] = body["links"]["self"]
     if replayed:
@@ -111,13 +113,13 @@ async def _ndjson_body(raw: bytes, query: MultiMapping[str]) -> bytes:
 async def list_jobs(request: web.Request) -> web.Response:
     q = request.query
     page = await request.app[SERVICE].list_jobs(
+        tenant=tenant_of(request),
         status=q.get("status"),
         operation=q.get("operation"),
         cursor=q.get("cursor"),
         limit=_limit(q),
     )
-    base = _base(request)
-    return _page_response(request, page, [job_json(j, base) for j in page.data])
+    return _page_response(request, page, [render_job(request, j) for j in page.data])
 
 
 @routes.get("/bulk-jobs/{job_id}")
@@ -126,7 +128,7 @@ async def get_job(request: web.Request) -> web.Response:
     headers = _job_headers(request, job)
     if request.headers.get("If-None-Match") == headers["ETag"]:
         return web.Response(status=304, headers=headers)
-    body = await with_lineage(request, job, job_json(job, _base(request)))
+    body = await with_lineage(request, job, render_job(request, job))
     return json_response(body, headers=headers)
 
 
@@ -135,6 +137,7 @@ async def list_items(request: web.Request) -> web.Response:
     q = request.query
     page = await request.app[SERVICE].list_items(
         request.match_info["job_id"],
+        tenant=tenant_of(request),
         status=q.get("status"),
         cursor=q.get("cursor"),
         limit=_limit(q),
@@ -145,16 +148,16 @@ async def list_items(request: web.Request) -> web.Response:
 @routes.post("/bulk-jobs/{job_id}/cancel")
 async def cancel_job(request: web.Request) -> web.Response:
     """200 with the cancelled job, or 202 while in-flight items are still finishing."""
-    job = await request.app[SERVICE].cancel(request.match_info["job_id"])
+    job = await request.app[SERVICE].cancel(request.match_info["job_id"], tenant_of(request))
     status = 200 if job.is_terminal else 202
     return json_response(
-        job_json(job, _base(request)), status=status, headers=_job_headers(request, job)
+        render_job(request, job), status=status, headers=_job_headers(request, job)
     )
 
 
 @routes.delete("/bulk-jobs/{job_id}")
 async def delete_job(request: web.Request) -> web.Response:
-    await request.app[SERVICE].delete(request.match_info["job_id"])
+    await request.app[SERVICE].delete(request.match_info["job_id"], tenant_of(request))
     return web.Response(status=204)
 
 

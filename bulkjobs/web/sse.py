@@ -21,6 +21,7 @@ from .. import jsonutil
 from ..errors import BulkJobsError
 from ..models import Job
 from ..service.events import EventHub, JobEvent, Subscription
+from .auth import tenant_of
 from .keys import ENGINE, SERVICE, SETTINGS, STREAMS
 from .representation import job_json
 
@@ -40,7 +41,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             request.match_info["job_id"], maxsize=request.app[SETTINGS].sse_buffer_events
         )
         try:
-            job = await request.app[SERVICE].get(request.match_info["job_id"])
+            job = await request.app[SERVICE].get(request.match_info["job_id"], tenant_of(request))
             if job.is_terminal and last_id is not None and last_id >= job.seq:
                 # 204 tells an EventSource to stop reconnecting.
                 return web.Response(status=204)

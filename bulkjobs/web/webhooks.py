@@ -12,6 +12,7 @@ from ..models import format_ts
 from ..service.jobs import MAX_PAGE, decode_cursor, encode_cursor
 from ..service.webhooks import Delivery
 from ..store.webhooks import Attempt, MessageStatus, Subscription
+from .auth import tenant_of
 from .keys import SERVICE, SETTINGS
 from .routes import json_response
 
@@ -77,7 +78,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     limit = _limit(request)
     after = decode_cursor("w", request.query.get("cursor")) or 0
-    job = await service.get(request.match_info["job_id"])
+    job = await service.get(request.match_info["job_id"], tenant_of(request))
     page = await service.webhooks.list(job, after, limit)
     href = _href(request, job.id)
     nxt, headers = None, {}
@@ -96,6 +97,6 @@ async def list_deliveries(request: web.Request) -> web.Response:
 async def redeliver(request: web.Request) -> web.Response:
     """Send a message again now, with the same `webhook-id`: 202 and the message."""
     service = request.app[SERVICE]
-    job = await service.get(request.match_info["job_id"])
+    job = await service.get(request.match_info["job_id"], tenant_of(request))
     delivery = await service.webhooks.redeliver(job, request.match_info["msg_id"])
     return json_response(delivery_json(delivery, _href(request, job.id)), status=202)

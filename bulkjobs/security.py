@@ -1,0 +1,105 @@
+"""API keys (stored only as SHA-256 hashes) and signed, expiring, job-scoped tokens.
+
+Keys are configured as lines `tenant:sha256:<hex>` (a file, or the environment
+separated by commas/newlines); `bulkjobs keygen TENANT` prints a new key and its line.
+Event-stream tokens are `<expiry>.<tenant>.<base64url HMAC-SHA256 of
+"events.<job>.<tenant>.<expiry>">`, checked in constant time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterable
+
+import attrs
+
+_LINE = re.compile(r"^(?P<tenant>[A-Za-z0-9_-]{1,64}):sha256:(?P<digest>[0-9a-f]{64})$")
+KEY_PREFIX = "bjk_"
+
+
+class KeyConfigError(ValueError):
+    """A key line that does not parse; the message names the line, never a secret."""
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    """A fresh API key with 256 random bits."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@attrs.frozen
+class KeyRing:
+    """Maps key hashes to tenants. Empty means the server runs open (single tenant)."""
+
+    tenants_by_hash: dict[str, str] = attrs.field(factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tenants_by_hash)
+
+    def tenant_for(self, key: str) -> str | None:
+        """The tenant of a presented key, or None; constant time per configured key."""
+        digest = hash_key(key)
+        found = None
+        for known, tenant in self.tenants_by_hash.items():
+            if hmac.compare_digest(known, digest):
+                found = tenant
+        return found
+
+    @classmethod
+    def parse(cls, lines: Iterable[str]) -> KeyRing:
+        mapping: dict[str, str] = {}
+        for n, raw in enumerate(lines, start=1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            match = _LINE.match(line)
+            if match is None:
+                raise KeyConfigError(f"API key line {n} is not 'tenant:sha256:<64 hex>'")
+            mapping[match["digest"]] = match["tenant"]
+        return cls(mapping)
+
+    @classmethod
+    def load(cls, path: str, env_value: str) -> KeyRing:
+        """Keys from a file (if given) plus the environment value."""
+        lines = re.split(r"[,\n]", env_value) if env_value else []
+        if path:
+            with open(path, encoding="utf-8") as fh:
+                lines += fh.read().splitlines()
+        return cls.parse(lines)
+
+
+class TokenSigner:
+    """Signs and checks short-lived tokens that open one job's event stream."""
+
+    def __init__(self, secret: bytes | None = None, ttl_s: int = 3600) -> None:
+        self._secret = secret or os.urandom(32)
+        self.ttl_s = ttl_s
+
+    def sign(self, job_id: str, tenant: str, now: float | None = None) -> str:
+        expiry = int((now or time.time()) + self.ttl_s)
+        return f"{expiry}.{tenant}.{self._mac(job_id, tenant, expiry)}"
+
+    def check(self, token: str, job_id: str, now: float | None = None) -> str | None:
+        """The tenant the token was issued for when valid for `job_id`, else None."""
+        parts = token.split(".")
+        if len(parts) != 3 or not parts[0].isdigit():
+            return None
+        expiry, tenant, mac = int(parts[0]), parts[1], parts[2]
+        if expiry < (now or time.time()):
+            return None
+        return tenant if hmac.compare_digest(mac, self._mac(job_id, tenant, expiry)) else None
+
+    def _mac(self, job_id: str, tenant: str, expiry: int) -> str:
+        msg = f"events.{job_id}.{tenant}.{expiry}".encode()
+        digest = hmac.new(self._secret, msg, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")

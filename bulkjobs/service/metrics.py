@@ -1,0 +1,68 @@
+"""Prometheus metrics of one engine, in a registry of its own (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120)
+_ROWS_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+
+
+class Metrics:
+    """Every metric the service exports; the engine and its parts update them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.items = Counter(
+            "bulkjobs_items",
+            "Items finished, by operation and outcome.",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.item_seconds = Histogram(
+            "bulkjobs_item_seconds",
+            "Handler time per item (a batch handler's time is shared by its items).",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.jobs_submitted = Counter(
+            "bulkjobs_jobs_submitted",
+            "Jobs accepted with a 202, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.jobs = Gauge("bulkjobs_jobs", "Stored jobs, by status.", ["status"], registry=r)
+        self.queue_chunks = Gauge(
+            "bulkjobs_queue_chunks", "Chunks waiting for a worker.", registry=r
+        )
+        self.backlog_items = Gauge(
+            "bulkjobs_backlog_items", "Items accepted but not finished yet.", registry=r
+        )
+        self.workers_busy = Gauge("bulkjobs_workers_busy", "Workers working a chunk.", registry=r)
+        self.commit_rows = Histogram(
+            "bulkjobs_commit_rows",
+            "Item outcomes per group commit.",
+            buckets=_ROWS_BUCKETS,
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "bulkjobs_commit_seconds", "Group commit latency.", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.sse_subscribers = Gauge("bulkjobs_sse_subscribers", "Open event streams.", registry=r)
+        self.rejected = Counter(
+            "bulkjobs_requests_rejected",
+            "Requests refused by a limit, by problem code.",
+            ["code"],
+            registry=r,
+        )
+        self.webhook_attempts = Counter(
+            "bulkjobs_webhook_attempts",
+            "Webhook delivery attempts, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_messages = Gauge(
+            "bulkjobs_webhook_messages", "Webhook outbox messages, by state.", ["state"], registry=r
+        )

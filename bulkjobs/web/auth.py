@@ -1,0 +1,79 @@
+"""Authentication: `Authorization: Bearer <key>` maps a request to its tenant.
+
+With no keys configured the server is open and everything belongs to the tenant
+`default`. Event streams also accept `?token=`, a signed, expiring token scoped to one
+job, because browsers cannot set headers on `EventSource`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..errors import BulkJobsError
+from .keys import KEYRING, SETTINGS, SIGNER, TENANT
+
+DEFAULT_TENANT = "default"
+
+#: Paths (after the base path) that never need a key.
+_PUBLIC_EXACT = frozenset({"", "/", "/healthz", "/readyz", "/metrics", "/openapi.json"})
+_PUBLIC_PREFIXES = ("/errors/", "/static/")
+_CHALLENGE = 'Bearer realm="bulkjobs"'
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def tenant_of(request: web.Request) -> str:
+    """The tenant a request acts for (set by the middleware)."""
+    return str(request.get(TENANT, DEFAULT_TENANT))
+
+
+def _is_public(request: web.Request) -> bool:
+    path = request.path.removeprefix(request.app[SETTINGS].base_path)
+    return path in _PUBLIC_EXACT or path.startswith(_PUBLIC_PREFIXES)
+
+
+def _unauthorized(detail: str, error: str | None = None) -> BulkJobsError:
+    challenge = _CHALLENGE + (f', error="{error}"' if error else "")
+    return BulkJobsError("unauthorized", detail, headers={"WWW-Authenticate": challenge})
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _authenticate(request: web.Request) -> str:
+    keyring = request.app[KEYRING]
+    key = _bearer(request)
+    if key is not None:
+        tenant = keyring.tenant_for(key)
+        if tenant is None:
+            raise _unauthorized("The API key is not valid.", "invalid_token")
+        return tenant
+    token = request.query.get("token")
+    job_id = request.match_info.get("job_id")
+    if token and job_id and request.path.endswith("/events"):
+        tenant = request.app[SIGNER].check(token, job_id)
+        if tenant is None:
+            raise _unauthorized("The event-stream token is invalid or expired.", "invalid_token")
+        return tenant
+    raise _unauthorized("Send `Authorization: Bearer <API key>`.")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Set the request's tenant, or refuse it with 401 when keys are configured."""
+    if not request.app[KEYRING].enabled or _is_public(request):
+        request[TENANT] = DEFAULT_TENANT
+    else:
+        request[TENANT] = _authenticate(request)
+    return await handler(request)
+
+
+def events_token(request: web.Request, job_id: str) -> str | None:
+    """A token for the job's event stream, when keys are configured."""
+    if not request.app[KEYRING].enabled:
+        return None
+    return request.app[SIGNER].sign(job_id, tenant_of(request))
