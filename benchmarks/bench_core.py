@@ -59,7 +59,8 @@ async def main() -> None:
         for n in (10_000, 100_000):
             s = await bench_post(http, server.url, n, args.runs)
             print(
-                f"POST {n:>7,} items -> 202: median {median(s):.3f}s  (min {min(s):.3f}, max {max(s):.3f})"
+                f"POST {n:>7,} items -> 202: median {median(s):.3f}s"
+                f"  (min {min(s):.3f}, max {max(s):.3f})"
             )
         rates = await bench_throughput(http, server.url, 100_000, max(3, args.runs - 2))
         proc = [r[0] for r in rates]
