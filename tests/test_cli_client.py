@@ -158,3 +158,35 @@ async def test_status_list_cancel_and_results(server: ServerProcess, tmp_path: P
 
     cancel = await bulkjobs(server, "cancel", job_id)
     assert cancel.code == 1 and "job_terminal" in cancel.err
+
+
+async def test_progress_bar_only_on_a_terminal(server: ServerProcess, tmp_path: Path) -> None:
+    import pty
+
+    items = write_ndjson(tmp_path / "items.ndjson", [{"n": i} for i in range(50)])
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BULKJOBS_URL": server.url}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "bulkjobs", "submit", "echo", str(items), "--wait"),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=slave,
+        )
+        out, _ = await proc.communicate()
+        os.close(slave)
+        drawn = b""
+        while chunk := await asyncio.to_thread(_read_pty, master):
+            drawn += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"100.0% 50/50" in drawn and b"items/s" in drawn and b"failed 0" in drawn
+    assert b"items/s" not in out and b"50 succeeded" in out
+
+
+def _read_pty(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the other end is closed
+        return b""
