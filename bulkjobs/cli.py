@@ -36,7 +36,17 @@ SERVE_FLAGS: list[tuple[str, str, str]] = [
     ("--long-poll-max-s", "long_poll_max_s", "longest accepted ?wait= on GET /bulk-jobs/{id}"),
     ("--webhook-timeout-s", "webhook_timeout_s", "seconds a webhook endpoint has to answer"),
     ("--webhook-concurrency", "webhook_concurrency", "webhook deliveries in flight at once"),
+    ("--api-keys-file", "api_keys_file", "file of 'tenant:sha256:<hex>' lines; none = open"),
+    ("--events-token-ttl-s", "events_token_ttl_s", "lifetime of signed events-link tokens"),
+    ("--submit-rate-per-s", "submit_rate_per_s", "submits per second per tenant (0 = no limit)"),
+    ("--submit-burst", "submit_burst", "submits a tenant may send at once"),
+    ("--max-active-jobs", "max_active_jobs", "pending/running jobs per tenant (0 = no limit)"),
+    ("--min-free-disk-bytes", "min_free_disk_bytes", "below this free space new jobs get 507"),
+    ("--log-format", "log_format", "text or json (one object per line)"),
+    ("--access-log", "access_log", "log every request (true/false)"),
 ]
+
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,40 +62,75 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, name, text in SERVE_FLAGS:
         env = ENV_PREFIX + name.upper()
         default = getattr(defaults, name)
+        kind = type(fields[name].default)
         serve.add_argument(
             flag,
             dest=name,
-            type=type(fields[name].default),
+            type=_parse_bool if kind is bool else kind,
             default=None,
             help=f"{text} (env {env}, default {default!r})",
         )
     serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    keygen = sub.add_parser(
+        "keygen",
+        help="create an API key for a tenant",
+        description="Print a new API key (give it to the client) and the line to add to the"
+        " server's --api-keys-file (only the key's hash is stored).",
+    )
+    keygen.add_argument("tenant", help="tenant name: letters, digits, _ and -")
     client_cli.add_commands(sub)  # submit, status, list, cancel, results
     return parser
+
+
+def _parse_bool(raw: str) -> bool:
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {raw!r}")
+
+
+def keygen(args: argparse.Namespace) -> int:
+    from .security import KeyConfigError, KeyRing, hash_key, new_key
+
+    key = new_key()
+    line = f"{args.tenant}:sha256:{hash_key(key)}"
+    try:
+        KeyRing.parse([line])
+    except KeyConfigError:
+        print("bulkjobs: tenant names use letters, digits, _ and - (1-64)", file=sys.stderr)
+        return 2
+    print(f"API key (give to the client, shown once): {key}")
+    print(f"Add to the server's keys file:           {line}")
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from .logs import setup_logging
     from .web import create_app
+    from .web.accesslog import AccessLogger
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     overrides = {name: getattr(args, name) for _, name, _ in SERVE_FLAGS}
     try:
         settings = Settings.from_env(**overrides)
-    except (ValueError, TypeError) as exc:
+        setup_logging(args.log_level, settings.log_format)
+        app = create_app(settings)
+    except (ValueError, TypeError, OSError) as exc:
         print(f"bulkjobs: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings)
+    log = logging.getLogger("bulkjobs")
+    if not (settings.api_keys or settings.api_keys_file) and settings.host not in _LOOPBACK:
+        log.warning("no API keys configured and bound to %s: anyone can reach it", settings.host)
     web.run_app(
         app,
         host=settings.host,
         port=settings.port,
         shutdown_timeout=settings.shutdown_grace_s,
-        access_log=None,
-        print=lambda msg: logging.getLogger("bulkjobs").info("%s", msg.strip()),
+        access_log=logging.getLogger("bulkjobs.access") if settings.access_log else None,
+        access_log_class=AccessLogger,
+        print=lambda msg: log.info("%s", msg.strip()),
     )
     return 0
 
@@ -94,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "keygen":
+        return keygen(args)
     return client_cli.run(args)
 
 

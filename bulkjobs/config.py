@@ -72,6 +72,7 @@ class Settings:
     submit_burst: int = 40
     max_active_jobs: int = 100  # pending or running jobs per tenant; 0 = unlimited
     min_free_disk_bytes: int = 100 * 1024 * 1024
+    access_log: bool = True
     log_format: str = attrs.field(default="text", validator=attrs.validators.in_({"text", "json"}))
 
     @property

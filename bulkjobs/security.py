@@ -86,7 +86,7 @@ class TokenSigner:
         self.ttl_s = ttl_s
 
     def sign(self, job_id: str, tenant: str, now: float | None = None) -> str:
-        expiry = int((now or time.time()) + self.ttl_s)
+        expiry = int((time.time() if now is None else now) + self.ttl_s)
         return f"{expiry}.{tenant}.{self._mac(job_id, tenant, expiry)}"
 
     def check(self, token: str, job_id: str, now: float | None = None) -> str | None:
@@ -95,7 +95,7 @@ class TokenSigner:
         if len(parts) != 3 or not parts[0].isdigit():
             return None
         expiry, tenant, mac = int(parts[0]), parts[1], parts[2]
-        if expiry < (now or time.time()):
+        if expiry < (time.time() if now is None else now):
             return None
         return tenant if hmac.compare_digest(mac, self._mac(job_id, tenant, expiry)) else None
 

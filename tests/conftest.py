@@ -5,11 +5,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from bulkjobs.config import Settings
 from bulkjobs.registry import Registry
 from bulkjobs.web import create_app
+from bulkjobs.web.accesslog import AccessLogger
 from tests.openapi_contract import ApiContract
 from tests.support import Gate, make_registry
 
@@ -51,7 +52,10 @@ def make_client(
         s = Settings(**{**_asdict(settings), **overrides})
         app = create_app(s, registry or make_registry(gate))
         api_contract.install(app)
-        return await aiohttp_client(app)  # type: ignore[no-any-return]
+        # the production access logger: it must never log query strings (tokens)
+        server = TestServer(app)
+        await server.start_server(access_log_class=AccessLogger)
+        return await aiohttp_client(server)  # type: ignore[no-any-return]
 
     return factory
 

@@ -75,6 +75,7 @@ class Engine:
         self.webhooks = WebhookDispatcher(
             self.store.webhooks, DispatcherConfig.from_settings(settings), render_job
         )
+        self.metrics.watch_webhooks(self.webhooks.stats)
         self._lifespans = contextlib.AsyncExitStack()
         self._writer_task: asyncio.Task[None] | None = None
         self._intake_tasks: list[asyncio.Task[None]] = []

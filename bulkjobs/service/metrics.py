@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120)
 _ROWS_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
@@ -57,12 +61,31 @@ class Metrics:
             ["code"],
             registry=r,
         )
-        self.webhook_attempts = Counter(
-            "bulkjobs_webhook_attempts",
-            "Webhook delivery attempts, by outcome.",
-            ["outcome"],
-            registry=r,
-        )
         self.webhook_messages = Gauge(
             "bulkjobs_webhook_messages", "Webhook outbox messages, by state.", ["state"], registry=r
         )
+        self.webhook_in_flight = Gauge(
+            "bulkjobs_webhook_in_flight", "Webhook deliveries in progress.", registry=r
+        )
+
+    def watch_webhooks(self, stats: object) -> None:
+        """Export the dispatcher's cumulative attempt counts (read at each scrape)."""
+        self.registry.register(_WebhookCollector(stats))
+
+
+class _WebhookCollector(Collector):
+    def __init__(self, stats: object) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        attempts = CounterMetricFamily(
+            "bulkjobs_webhook_attempts", "Webhook delivery attempts since start."
+        )
+        attempts.add_metric([], getattr(self._stats, "attempts", 0))
+        yield attempts
+        outcomes = CounterMetricFamily(
+            "bulkjobs_webhook_outcomes", "Webhook attempt outcomes since start.", labels=["outcome"]
+        )
+        for outcome in ("delivered", "failed", "retrying", "gone"):
+            outcomes.add_metric([outcome], getattr(self._stats, outcome, 0))
+        yield outcomes

@@ -99,6 +99,12 @@ class Store(Protocol):
 
     async def unfinished_jobs(self) -> list[Job]: ...
 
+    async def count_jobs_by_status(self) -> dict[str, int]: ...
+
+    async def check_writable(self) -> None:
+        """Raise when the store cannot take a write transaction now."""
+        ...
+
     async def commit(
         self, outcomes: Sequence[OutcomeRow], changes: Sequence[JobChange], now: datetime
     ) -> list[Job]:

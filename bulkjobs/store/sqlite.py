@@ -16,7 +16,7 @@ from typing import Any
 
 import aiosqlite
 
-from .. import jsonutil
+from .. import failpoints, jsonutil
 from ..models import ItemError, ItemRecord, ItemStatus, Job, JobError, JobStatus, WorkItem
 from .base import (
     IdempotencyRecord,
@@ -224,6 +224,7 @@ class SQLiteStore:
             "INSERT INTO items (job_pk, idx, item_id, payload) VALUES (?, ?, ?, ?)",
             [(pk, idx, item_id, payload) for idx, item_id, payload in items],
         )
+        failpoints.hit("insert_job")  # crash tests: job and items written, not committed
         if webhook is not None:
             await self.webhooks.subscribe_in(db, pk, job.created_at, webhook)
         return pk
@@ -247,6 +248,15 @@ class SQLiteStore:
         sql = f"SELECT {_JOB_COLS} FROM jobs WHERE {' AND '.join(where)} ORDER BY pk DESC LIMIT ?"
         async with self._r.execute(sql, (*args, limit)) as cur:
             return [job_from_row(r) for r in await cur.fetchall()]
+
+    async def count_jobs_by_status(self) -> dict[str, int]:
+        async with self._r.execute("SELECT status, count(*) FROM jobs GROUP BY status") as cur:
+            return {row[0]: row[1] for row in await cur.fetchall()}
+
+    async def check_writable(self) -> None:
+        """Take and release the write lock: proves the file accepts writes."""
+        async with self._txn():
+            pass
 
     async def unfinished_jobs(self) -> list[Job]:
         sql = f"SELECT {_JOB_COLS} FROM jobs WHERE status IN ('pending', 'running') ORDER BY pk"
@@ -295,6 +305,7 @@ class SQLiteStore:
                 jobs = [await self._recount(db, ch.job_pk) for ch in changes]
             # Webhook messages are written with the change they announce (durable outbox).
             await self.webhooks.enqueue_in(db, jobs, now)
+            failpoints.hit("commit")  # crash tests: inside the group commit's transaction
         return jobs
 
     async def _apply_change(
@@ -339,6 +350,7 @@ class SQLiteStore:
             )
             async with db.execute(sql, (to_ms(now), to_ms(now), job_pk)) as cur:
                 row = await cur.fetchone()
+            failpoints.hit("cancel")  # crash tests: cancel marked, not committed
         return job_from_row(row) if row else None
 
     # -- deletion --------------------------------------------------------

@@ -1,48 +1,40 @@
-"""`GET /metrics`: Prometheus text exposition of the process's counters."""
+"""`GET /metrics`: the engine's Prometheus registry in the text exposition format.
+
+Gauges that describe current state (queue depth, backlog, jobs by status, streams,
+webhook outbox) are refreshed at scrape time; counters and histograms are updated
+where the work happens.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .keys import ENGINE
+from ..models import JobStatus
+from .keys import ENGINE, STREAMS
 
 routes = web.RouteTableDef()
 
 
-async def webhook_lines(request: web.Request) -> list[str]:
-    """Webhook deliveries: attempts and outcomes since start, outbox messages by state."""
-    engine = request.app[ENGINE]
-    stats = engine.webhooks.stats
-    counts = await engine.store.webhooks.count_by_status()
-    lines = [
-        "# HELP bulkjobs_webhook_attempts_total Webhook delivery attempts since start.",
-        "# TYPE bulkjobs_webhook_attempts_total counter",
-        f"bulkjobs_webhook_attempts_total {stats.attempts}",
-        "# HELP bulkjobs_webhook_outcomes_total Attempt outcomes since start.",
-        "# TYPE bulkjobs_webhook_outcomes_total counter",
-    ]
-    for outcome in ("delivered", "failed", "retrying", "gone"):
-        lines.append(
-            f'bulkjobs_webhook_outcomes_total{{outcome="{outcome}"}} {getattr(stats, outcome)}'
-        )
-    lines += [
-        "# HELP bulkjobs_webhook_messages Outbox messages by state.",
-        "# TYPE bulkjobs_webhook_messages gauge",
-    ]
-    lines += [f'bulkjobs_webhook_messages{{state="{k}"}} {v}' for k, v in sorted(counts.items())]
-    lines += [
-        "# HELP bulkjobs_webhook_in_flight Webhook deliveries in progress.",
-        "# TYPE bulkjobs_webhook_in_flight gauge",
-        f"bulkjobs_webhook_in_flight {engine.webhooks.in_flight}",
-    ]
-    return lines
+async def _refresh(app: web.Application) -> None:
+    engine = app[ENGINE]
+    m = engine.metrics
+    m.queue_chunks.set(engine.queue.qsize())
+    m.backlog_items.set(engine.scheduler.backlog_items)
+    m.workers_busy.set(engine.workers.busy)
+    m.sse_subscribers.set(app[STREAMS].open)
+    m.webhook_in_flight.set(engine.webhooks.in_flight)
+    counts = await engine.store.count_jobs_by_status()
+    for status in JobStatus:
+        m.jobs.labels(status.value).set(counts.get(status.value, 0))
+    for state, n in (await engine.store.webhooks.count_by_status()).items():
+        m.webhook_messages.labels(state).set(n)
 
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    lines = await webhook_lines(request)
-    return web.Response(
-        text="\n".join(lines) + "\n",
-        content_type="text/plain",
-        headers={"Cache-Control": "no-cache"},
-    )
+    await _refresh(request.app)
+    body = generate_latest(request.app[ENGINE].metrics.registry)
+    resp = web.Response(body=body, headers={"Cache-Control": "no-cache"})
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp

@@ -9,11 +9,14 @@ from aiohttp import web
 
 from .. import jsonutil
 from ..errors import CATALOG, BulkJobsError
-from .keys import SETTINGS
+from .keys import ENGINE, SETTINGS
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+
+#: Statuses that mean "refused by a limit": counted in bulkjobs_requests_rejected.
+_REFUSALS = frozenset({413, 429, 503, 507})
 
 _HTTP_CODES = {
     400: "invalid_request",
@@ -60,6 +63,8 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
         response: web.StreamResponse = await handler(request)
         return response
     except BulkJobsError as err:
+        if err.problem_type.status in _REFUSALS:
+            request.app[ENGINE].metrics.rejected.labels(err.code).inc()
         return problem_response(
             request,
             err.code,

@@ -24,6 +24,8 @@ from .results import with_lineage
 
 routes = web.RouteTableDef()
 
+READY_TIMEOUT_S = 2.0
+
 JSON_TYPES = frozenset({"application/json"})
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 
@@ -174,11 +176,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
+    """Ready when the store takes writes, every background task runs, and not draining."""
     engine = request.app[ENGINE]
-    checks = {"store": "ok", "draining": engine.draining}
+    checks: dict[str, object] = {"store": "ok", "tasks_alive": engine.alive}
+    checks["draining"] = engine.draining
     try:
-        await engine.store.ping()
-    except Exception as exc:
-        checks["store"] = f"error: {exc}"
-    ready = checks["store"] == "ok" and not engine.draining and engine.alive
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await engine.store.check_writable()
+    except Exception as exc:  # any failure means "not ready", never a 500
+        checks["store"] = f"error: {type(exc).__name__}"
+    ready = checks["store"] == "ok" and engine.alive and not engine.draining
     return json_response({"ready": ready, **checks}, status=200 if ready else 503)
