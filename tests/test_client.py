@@ -20,10 +20,12 @@ from bulkjobs.client import (
     Gone,
     NotFound,
     RetryPolicy,
+    Unauthorized,
     Unavailable,
     ValidationFailed,
     WaitTimeout,
 )
+from bulkjobs.security import hash_key
 from tests.client_proxy import BreakingProxy
 from tests.conftest import ClientFactory
 from tests.support import Gate
@@ -274,3 +276,14 @@ async def test_a_failing_item_source_aborts_the_submit(client: TestClient) -> No
         with pytest.raises(LookupError, match="the source broke"):
             await bj.submit("echo", broken_items())
         assert [j async for j in bj.list()] == []  # nothing half-submitted
+
+
+async def test_the_api_key_is_sent_as_a_bearer_token(make_client: ClientFactory) -> None:
+    live = await make_client(api_keys=f"acme:sha256:{hash_key('key-acme-1')}")
+    async with BulkJobsClient(url_of(live), api_key="key-acme-1") as bj:
+        job = await bj.wait((await bj.submit("echo", [{"n": 1}])).id, timeout=30)
+        assert job.succeeded == 1
+    async with BulkJobsClient(url_of(live), api_key="wrong") as bj:
+        with pytest.raises(Unauthorized) as denied:
+            await bj.get(job.id)
+    assert denied.value.code == "unauthorized"
