@@ -10,12 +10,21 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
+from bulkjobs.security import hash_key
 from bulkjobs.web.keys import ENGINE
 from tests.conftest import ClientFactory
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
 CHROMIUM = os.environ.get("BULKJOBS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 pytestmark = [
     pytest.mark.slow,
     # CI installs chromium (.ci/run), so there this test never skips.
@@ -32,7 +41,7 @@ async def test_dashboard_submits_a_demo_job_and_follows_it_live(
     client: TestClient = await make_client()
     expect = playwright_api.expect
     async with playwright_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 800})
             errors: list[str] = []
@@ -82,3 +91,34 @@ async def test_dashboard_assets_are_served_and_nothing_else(client: TestClient) 
     missing = await client.get("/dashboard/..%2Fsse.py")
     assert missing.status == 404
     assert (await missing.json())["code"] == "not_found"
+
+
+async def test_dashboard_with_api_keys_asks_for_a_key_and_streams_with_a_token(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    key = "bjk_dashboard-test-key"
+    client: TestClient = await make_client(api_keys=f"acme:sha256:{hash_key(key)}")
+    expect = playwright_api.expect
+    streams: list[str] = []
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            page.on("request", lambda r: streams.append(r.url) if "/events" in r.url else None)
+            await page.goto(str(client.make_url("/")))
+            await expect(page.locator("#key-card")).to_be_visible()
+            await page.fill("#key-input", key)
+            await page.click("#key-form button")
+            await expect(page.locator("#key-card")).to_be_hidden()
+            await page.select_option("#demo-operation", "noop")
+            await page.fill("#demo-items", "500")
+            await page.click("#demo-submit")
+            await expect(page.locator("#detail-status")).to_have_text("completed", timeout=60_000)
+            stored = await page.evaluate("sessionStorage.getItem('bulkjobs.apiKey')")
+        finally:
+            await browser.close()
+    assert stored == key
+    assert streams and all("token=" in url for url in streams)
+    resp = await client.get("/bulk-jobs", headers={"Authorization": f"Bearer {key}"})
+    jobs = (await resp.json())["data"]
+    assert [j["status"] for j in jobs] == ["completed"]

@@ -17,8 +17,8 @@ from .keys import KEYRING, SETTINGS, SIGNER, TENANT
 DEFAULT_TENANT = "default"
 
 #: Paths (after the base path) that never need a key.
-_PUBLIC_EXACT = frozenset({"", "/", "/healthz", "/readyz", "/metrics", "/openapi.json"})
-_PUBLIC_PREFIXES = ("/errors/", "/static/")
+_PUBLIC_EXACT = frozenset({"", "/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/errors"})
+_PUBLIC_PREFIXES = ("/errors/", "/dashboard/")
 _CHALLENGE = 'Bearer realm="bulkjobs"'
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -30,6 +30,8 @@ def tenant_of(request: web.Request) -> str:
 
 
 def _is_public(request: web.Request) -> bool:
+    if request.match_info.http_exception is not None:
+        return True  # no such route (or method): the 404/405 tells nothing secret
     path = request.path.removeprefix(request.app[SETTINGS].base_path)
     return path in _PUBLIC_EXACT or path.startswith(_PUBLIC_PREFIXES)
 

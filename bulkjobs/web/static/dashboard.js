@@ -7,11 +7,33 @@ const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const state = { jobs: new Map(), order: [], live: new Map(), selected: null, failuresNext: null };
 const $ = (id) => document.getElementById(id);
 
+// With API keys configured, the key typed into the page is kept for this browser tab
+// only (sessionStorage) and sent as a Bearer token. EventSource cannot send headers:
+// it uses the job's `links.events`, which then carries a signed, job-scoped token.
+const KEY_STORE = "bulkjobs.apiKey";
+
 async function api(path, options = {}) {
-  const resp = await fetch(path, options);
+  const key = sessionStorage.getItem(KEY_STORE);
+  const headers = Object.assign({}, options.headers || {});
+  if (key) headers.Authorization = `Bearer ${key}`;
+  const resp = await fetch(path, Object.assign({}, options, { headers }));
   const body = resp.status === 204 ? null : await resp.json();
+  if (resp.status === 401) showKeyForm(body && body.detail);
   if (!resp.ok) throw new Error(body && body.detail ? body.detail : `HTTP ${resp.status}`);
   return body;
+}
+
+function showKeyForm(reason) {
+  $("key-card").hidden = false;
+  $("key-msg").textContent = reason || "This server needs an API key.";
+}
+
+function saveKey(event) {
+  event.preventDefault();
+  const key = new FormData(event.target).get("key").trim();
+  if (key) sessionStorage.setItem(KEY_STORE, key); else sessionStorage.removeItem(KEY_STORE);
+  $("key-card").hidden = true;
+  refreshList();
 }
 
 function el(tag, attrs = {}, ...children) {
@@ -214,6 +236,7 @@ async function submitDemo(event) {
 
 function start() {
   $("demo-form").addEventListener("submit", submitDemo);
+  $("key-form").addEventListener("submit", saveKey);
   $("refresh").addEventListener("click", refreshList);
   $("detail-cancel").addEventListener("click", cancelSelected);
   $("failures-more").addEventListener("click", () => loadFailures(false));
