@@ -107,6 +107,12 @@ CATALOG: dict[str, ProblemType] = {
             "The request body exceeds the server's configured size limit.",
         ),
         ProblemType(
+            "invalid_ttl",
+            422,
+            "Invalid ttl_seconds",
+            "`ttl_seconds` must be a whole number of seconds within the server's bounds.",
+        ),
+        ProblemType(
             "too_many_items",
             413,
             "Too many items",
@@ -116,7 +122,7 @@ CATALOG: dict[str, ProblemType] = {
             "unsupported_media_type",
             415,
             "Unsupported media type",
-            "Send the job as `application/json`.",
+            "Send the job as `application/json` or `application/x-ndjson`.",
         ),
         ProblemType(
             "validation_error",

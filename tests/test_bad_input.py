@@ -140,8 +140,15 @@ async def test_bad_ttl(client: TestClient, ttl: Any) -> None:
     resp = await client.post(
         "/bulk-jobs", json={"operation": "noop", "items": [{}], "ttl_seconds": ttl}
     )
-    p = await problem(resp, 422, "validation_error")
+    p = await problem(resp, 422, "invalid_ttl")
     assert p["errors"][0]["pointer"] == "/ttl_seconds"
+
+
+async def test_whole_float_ttl_is_an_integer(client: TestClient) -> None:
+    resp = await client.post(
+        "/bulk-jobs", json={"operation": "noop", "items": [{}], "ttl_seconds": 3600.0}
+    )
+    assert resp.status == 202
 
 
 async def test_unknown_job_is_404_everywhere(client: TestClient) -> None:

@@ -7,10 +7,12 @@ import socket
 import time
 from typing import Any
 
+import aiosqlite
 import pytest
 
 from bulkjobs import ItemContext
 from bulkjobs.registry import Registry
+from bulkjobs.web.keys import ENGINE
 from tests.support import Value, make_registry, submit, wait_terminal
 from tests.webhook_support import (
     HANG,
@@ -376,3 +378,22 @@ async def test_webhooks_need_a_secret(client: Any) -> None:
     )
     body = await resp.json()
     assert resp.status == 422 and body["code"] == "webhooks_not_configured", body
+
+
+async def test_deleting_a_job_purges_its_delivered_webhook_rows(
+    make_client: Any, receiver: Any, db_path: str
+) -> None:
+    client = await make_client(**FAST)
+    job = await submit(client, "echo", [{"n": 1}], webhook={"url": receiver.url})
+    await receiver.next()
+    await wait_quiet(client)
+    resp = await client.delete(f"/bulk-jobs/{job['id']}")
+    assert resp.status == 204
+    engine = client.app[ENGINE]
+    while await engine.store.purge_step():  # drive the purge to the end, as the purger does
+        pass
+    async with aiosqlite.connect(db_path) as db:
+        for table in ("webhook_subscriptions", "webhook_messages", "webhook_attempts", "items"):
+            async with db.execute(f"SELECT count(*) FROM {table}") as cur:
+                row = await cur.fetchone()
+            assert row == (0,), table

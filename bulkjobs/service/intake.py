@@ -82,15 +82,15 @@ def _operation(registry: Registry, name: Any) -> Operation:
 def _ttl(value: Any, limits: IntakeLimits) -> int:
     if value is None:
         return limits.default_ttl_s
-    ok = isinstance(value, int) and not isinstance(value, bool)
+    # JSON has one number type: 3600.0 is the integer 3600 (JSON Schema agrees)
+    whole = isinstance(value, float) and value.is_integer()
+    ok = (isinstance(value, int) and not isinstance(value, bool)) or whole
     if not ok or not limits.min_ttl_s <= value <= limits.max_ttl_s:
-        raise invalid(
-            [
-                {
-                    "pointer": "/ttl_seconds",
-                    "detail": f"must be an integer from {limits.min_ttl_s} to {limits.max_ttl_s}",
-                }
-            ]
+        detail = f"must be an integer from {limits.min_ttl_s} to {limits.max_ttl_s}"
+        raise BulkJobsError(
+            "invalid_ttl",
+            f"`ttl_seconds` {detail}.",
+            errors=[{"pointer": "/ttl_seconds", "detail": detail}],
         )
     return int(value)
 

@@ -375,7 +375,7 @@ class SQLiteStore:
             )
             removed = cur.rowcount
             if removed < batch:
-                await db.execute("DELETE FROM purge_queue WHERE job_pk = ?", (row[0],))
+                await _purge_job_rows(db, row[0])
         return max(removed, 1)
 
     # -- retention, idempotency, retries, results --------------------------
@@ -497,6 +497,21 @@ _SELECT_IDEMPOTENCY = (
     "SELECT tenant, key, request_hash, job_id, created_at, expires_at"
     " FROM idempotency_keys WHERE tenant = ? AND key = ?"
 )
+
+
+async def _purge_job_rows(db: aiosqlite.Connection, job_pk: int) -> None:
+    """The last step of purging a job: its queue entry and webhook bookkeeping.
+
+    Messages still waiting for delivery are kept: they carry their own job snapshot
+    and are delivered even after the job is gone.
+    """
+    done = "SELECT pk FROM webhook_messages WHERE job_pk = ? AND status != 'pending'"
+    await db.execute(f"DELETE FROM webhook_attempts WHERE message_pk IN ({done})", (job_pk,))
+    await db.execute(
+        "DELETE FROM webhook_messages WHERE job_pk = ? AND status != 'pending'", (job_pk,)
+    )
+    await db.execute("DELETE FROM webhook_subscriptions WHERE job_pk = ?", (job_pk,))
+    await db.execute("DELETE FROM purge_queue WHERE job_pk = ?", (job_pk,))
 
 
 def _at(ms: int) -> datetime:

@@ -209,6 +209,7 @@ def job_paths() -> dict[str, Schema]:
                         "too_many_items",
                         "unsupported_media_type",
                         "validation_error",
+                        "invalid_ttl",
                         "unknown_operation",
                         "idempotency_key_reused",
                         *WEBHOOK_SUBMIT,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -23,6 +24,8 @@ from ..store.base import ResultRow
 from .auth import tenant_of
 from .keys import SERVICE, SETTINGS
 from .render import render_job
+
+logger = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
 
@@ -61,9 +64,17 @@ async def download_results(request: web.Request) -> web.StreamResponse:
     encode = encode_csv if media == CSV else encode_ndjson
     if media == CSV:
         await resp.write(encode_csv_header())
-    with contextlib.suppress(ConnectionResetError):  # the client went away mid-download
+    try:
         await _write_pages(resp, pages, encode)
         await resp.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away mid-download
+    except Exception:
+        # Headers are sent: no problem response is possible any more. Cut the
+        # connection so the client sees a truncated download instead of waiting.
+        logger.exception("results download of %s failed mid-stream", job.id)
+        if request.transport is not None:
+            request.transport.close()
     return resp
 
 
