@@ -44,6 +44,34 @@ SERVE_FLAGS: list[tuple[str, str, str]] = [
     ("--min-free-disk-bytes", "min_free_disk_bytes", "below this free space new jobs get 507"),
     ("--log-format", "log_format", "text or json (one object per line)"),
     ("--access-log", "access_log", "log every request (true/false)"),
+    ("--min-ttl-s", "min_ttl_s", "shortest ttl_seconds a job may ask for"),
+    ("--janitor-batch-jobs", "janitor_batch_jobs", "expired jobs removed per janitor sweep"),
+    ("--purge-batch-items", "purge_batch_items", "items deleted per purge transaction"),
+    ("--purge-pause-ms", "purge_pause_ms", "pause between purge transactions"),
+    ("--queue-chunks", "queue_chunks", "bounded work queue size in chunks (0 = 2 x workers)"),
+    ("--commit-max-rows", "commit_max_rows", "most item outcomes in one group commit"),
+    ("--commit-linger-ms", "commit_linger_ms", "how long a group commit waits for more rows"),
+    ("--load-page-items", "load_page_items", "pending items read per scheduler page"),
+    ("--cancel-wait-s", "cancel_wait_s", "how long POST .../cancel waits before answering 202"),
+    ("--busy-timeout-ms", "busy_timeout_ms", "SQLite busy timeout"),
+    ("--retry-after-s", "retry_after_s", "Retry-After sent with server_busy"),
+    ("--progress-interval-ms", "progress_interval_ms", "least time between progress events"),
+    ("--sse-retry-ms", "sse_retry_ms", "reconnect delay the SSE stream advises"),
+    ("--sse-buffer-events", "sse_buffer_events", "events buffered per SSE client"),
+    ("--sse-send-timeout-s", "sse_send_timeout_s", "a stalled SSE client is dropped after"),
+    ("--webhook-allow-private", "webhook_allow_private", "allow loopback/private webhook targets"),
+    ("--webhook-retry-schedule-s", "webhook_retry_schedule_s", "webhook retry delays, comma list"),
+    (
+        "--webhook-progress-interval-s",
+        "webhook_progress_interval_s",
+        "least time between job.progress webhooks",
+    ),
+]
+
+#: Secrets are read from the environment only, never from the command line (ps shows it).
+ENV_ONLY: list[tuple[str, str]] = [
+    ("webhook_secrets", "whsec_<base64> signing secrets, space or comma separated"),
+    ("api_keys", "'tenant:sha256:<hex>' lines, comma separated (or --api-keys-file)"),
 ]
 
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -80,6 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("tenant", help="tenant name: letters, digits, _ and -")
     client_cli.add_commands(sub)  # submit, status, list, cancel, results
     return parser
+
+
+def flags_markdown() -> str:
+    """Every `bulkjobs serve` flag as a Markdown table (for the README)."""
+    defaults = Settings()
+    lines = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for flag, name, text in SERVE_FLAGS:
+        default = getattr(defaults, name)
+        shown = f"`{default}`" if default not in ("", None) else "(none)"
+        lines.append(f"| `{flag}` | `{ENV_PREFIX}{name.upper()}` | {shown} | {text} |")
+    lines.append("| `--log-level` | | `INFO` | logging level |")
+    for name, text in ENV_ONLY:
+        lines.append(f"| (environment only) | `{ENV_PREFIX}{name.upper()}` | (none) | {text} |")
+    return "\n".join(lines)
 
 
 def _parse_bool(raw: str) -> bool:

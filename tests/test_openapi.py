@@ -112,3 +112,23 @@ def test_readme_catalog_is_generated_from_the_code() -> None:
     assert gen.BEGIN in readme, "README lacks the generated error catalog block"
     assert catalog_markdown() in readme
     assert gen.render(readme) == readme, "README error catalog is stale: run `make catalog`"
+
+
+def test_readme_flags_table_is_generated_from_the_cli() -> None:
+    spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts/gen_error_catalog.py")
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    readme = (ROOT / "README.md").read_text()
+    assert gen.FLAGS_BEGIN in readme, "README lacks the generated flags block"
+    assert gen.render(readme) == readme, "README flags table is stale: run `make catalog`"
+
+
+def test_every_setting_is_a_flag_or_documented_env_only() -> None:
+    import attrs
+
+    from bulkjobs.cli import ENV_ONLY, SERVE_FLAGS
+    from bulkjobs.config import Settings
+
+    documented = {name for _, name, _ in SERVE_FLAGS} | {name for name, _ in ENV_ONLY}
+    assert {f.name for f in attrs.fields(Settings)} == documented
