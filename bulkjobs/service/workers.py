@@ -2,7 +2,10 @@
 
 A handler error fails one item, never a worker: `ItemFailed` keeps its code,
 `RetryableItemError` is retried with backoff, a timeout fails as `timeout`, anything
-else as `internal_error`. `CancelledError` is never swallowed.
+else as `internal_error`. `CancelledError` is never swallowed. A handler's
+`SystemExit`, `KeyboardInterrupt` or other `BaseException` fails its item too (logged
+as an error): a handler does not own the process; SIGTERM/SIGINT stop the server
+through the runner's signal handlers, never as an exception inside a handler.
 """
 
 from __future__ import annotations
@@ -128,8 +131,22 @@ class Executor:
                 return ("err", _Timeout(timeout_s))
             return ("err", ItemFailed("internal_error", "TimeoutError raised by the handler"))
         except Exception as exc:
-            logger.warning("operation %s handler raised %r", op.name, exc)
-            return ("err", ItemFailed("internal_error", f"{type(exc).__name__}: {exc}"))
+            logger.warning("operation %s handler raised %s", op.name, _describe(exc))
+            return ("err", ItemFailed("internal_error", _describe(exc)))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt...: see module doc
+            logger.error("operation %s handler raised %s", op.name, _describe(exc))
+            return ("err", ItemFailed("internal_error", _describe(exc)))
+
+
+def _describe(exc: BaseException) -> str:
+    """`Type: message`, even for an exception whose `__str__` raises."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<unprintable exception>"
+    return f"{type(exc).__name__}: {text}"
 
 
 def _should_retry(op: Operation, result: Attempt, attempt: int) -> bool:

@@ -27,6 +27,7 @@ from .base import (
     ResultRow,
     Tombstone,
 )
+from .reader import Reader
 from .schema import MIGRATIONS
 from .webhooks import NewWebhook, SQLiteWebhooks
 
@@ -124,7 +125,7 @@ class SQLiteStore:
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
+        self._reader: Reader | None = None
         self._write_lock = asyncio.Lock()
         self.webhooks = SQLiteWebhooks(self._txn, lambda: self._r)
 
@@ -134,7 +135,7 @@ class SQLiteStore:
         """Open both connections, set pragmas, migrate the schema."""
         self._writer = await self._connect()
         await self._migrate(self._writer)
-        self._reader = await self._connect()
+        self._reader = Reader(await self._connect())  # one whole query per trip: see reader.py
 
     async def close(self) -> None:
         for conn in (self._reader, self._writer):
@@ -178,7 +179,7 @@ class SQLiteStore:
             await asyncio.shield(db.commit())
 
     @property
-    def _r(self) -> aiosqlite.Connection:
+    def _r(self) -> Reader:
         assert self._reader is not None, "store is not open"
         return self._reader
 
@@ -363,8 +364,8 @@ class SQLiteStore:
 
     async def purge_step(self, batch: int = 5000) -> int:
         """Delete up to `batch` items of deleted jobs; return how many went."""
-        async with self._r.execute("SELECT job_pk FROM purge_queue LIMIT 1") as cur:
-            row = await cur.fetchone()
+        async with self._r.execute("SELECT job_pk FROM purge_queue LIMIT 1") as queued:
+            row = await queued.fetchone()
         if row is None:
             return 0
         async with self._txn() as db:
@@ -490,7 +491,7 @@ class SQLiteStore:
             f" FROM items WHERE job_pk = ? AND idx > ?{extra} ORDER BY idx LIMIT ?"
         )
         async with self._r.execute(sql, (job_pk, after_index, limit)) as cur:
-            return list(await cur.fetchall())  # type: ignore[arg-type]
+            return list(await cur.fetchall())
 
 
 _SELECT_IDEMPOTENCY = (

@@ -21,6 +21,7 @@ import attrs
 
 from .. import jsonutil
 from ..models import Job, JobError, JobStatus
+from .reader import Reader
 
 TERMINAL_EVENTS = ("job.completed", "job.failed", "job.cancelled")
 PROGRESS_EVENT = "job.progress"
@@ -230,7 +231,7 @@ TxnFactory = Callable[[], AbstractAsyncContextManager[aiosqlite.Connection]]
 class SQLiteWebhooks:
     """The `WebhookStore` of a `SQLiteStore`: shares its writer lock and reader."""
 
-    def __init__(self, txn: TxnFactory, reader: Callable[[], aiosqlite.Connection]) -> None:
+    def __init__(self, txn: TxnFactory, reader: Callable[[], Reader]) -> None:
         self._txn = txn
         self._reader = reader
         self._outbox_seq = 0

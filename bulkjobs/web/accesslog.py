@@ -15,8 +15,7 @@ logger = logging.getLogger("bulkjobs.access")
 
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        match = getattr(request, "match_info", None)
-        job_id = match.get("job_id") if match is not None else None
+        job_id = _job_id(request)
         self.logger.info(
             "%s %s %s",
             request.method,
@@ -32,3 +31,12 @@ class AccessLogger(AbstractAccessLogger):
                 "job_id": job_id,
             },
         )
+
+
+def _job_id(request: web.BaseRequest) -> str | None:
+    """The routed job id; None for a request refused before routing."""
+    try:
+        match = getattr(request, "match_info", None)
+    except AssertionError:  # aiohttp asserts when the request never reached the router
+        return None
+    return match.get("job_id") if match is not None else None
