@@ -66,7 +66,7 @@ async def test_ttl_above_the_maximum_is_refused(make_client: Any) -> None:
     resp = await client.post(
         "/bulk-jobs", json={"operation": "echo", "items": [{"n": 1}], "ttl_seconds": 601}
     )
-    p = await problem(resp, 422, "validation_error")
+    p = await problem(resp, 422, "invalid_ttl")
     assert p["errors"][0]["pointer"] == "/ttl_seconds"
 
 

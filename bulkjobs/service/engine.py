@@ -133,6 +133,7 @@ class Engine:
             self.hub.publish(job)
             if job.is_terminal:
                 self.scheduler.forget(job)
+                _log_finished(job)
 
     # -- purge -------------------------------------------------------------
 
@@ -206,6 +207,18 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     for task, result in zip(tasks, results, strict=True):
         if isinstance(result, Exception):
             logger.error("task %s ended with %r", task.get_name(), result)
+
+
+def _log_finished(job: Job) -> None:
+    logger.info(
+        "job %s %s: %d succeeded, %d failed, %d cancelled",
+        job.id,
+        job.status.value,
+        job.succeeded,
+        job.failed,
+        job.cancelled,
+        extra={"event": "job.finished", "job_id": job.id, "tenant": job.tenant},
+    )
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

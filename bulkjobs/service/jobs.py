@@ -9,6 +9,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import logging
 from collections.abc import AsyncGenerator
 from typing import Generic, TypeVar
 
@@ -29,6 +30,7 @@ from .scheduler import StopRequest
 from .webhooks import WebhookService
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 #: Bodies larger than this are parsed and validated in a thread, off the event loop.
 THREAD_INTAKE_BYTES = 256 * 1024
@@ -81,6 +83,7 @@ class JobService:
             allow_private=s.webhook_allow_private,
             progress_interval_s=s.webhook_progress_interval_s,
         )
+        self._retry_of: dict[str, str | None] = {}  # of active jobs only: see lineage()
 
     # -- submit ------------------------------------------------------------
 
@@ -147,8 +150,7 @@ class JobService:
         hook = await self.webhooks.vet(sub.webhook)
         pk = await self.engine.store.create_job(job, sub.rows, hook)
         job = attrs.evolve(job, pk=pk)
-        self.engine.hub.publish(job)
-        self.engine.scheduler.admit(job, sub.operation)
+        self._accept(job, sub.operation)
         return job
 
     # -- read --------------------------------------------------------------
@@ -283,18 +285,40 @@ class JobService:
             raise BulkJobsError("shutting_down", "The server is shutting down.", retry_after_s=5)
         return op
 
+    def _accept(self, job: Job, op: Operation) -> None:
+        """A stored job goes live: announced, counted, scheduled."""
+        self.engine.hub.publish(job)
+        self.engine.metrics.jobs_submitted.labels(op.name).inc()
+        logger.info(
+            "job %s accepted: %s, %d items",
+            job.id,
+            op.name,
+            job.total_items,
+            extra={"event": "job.accepted", "job_id": job.id, "tenant": job.tenant},
+        )
+        self.engine.scheduler.admit(job, op)
+
     async def _admit(self, job_id: str) -> Job:
         stored = await self.engine.store.get_job(job_id)
         assert stored is not None, f"{job_id} vanished right after it was stored"
         op = self.engine.registry.get(stored.operation)
         assert op is not None
-        self.engine.hub.publish(stored)
-        self.engine.scheduler.admit(stored, op)
+        self._accept(stored, op)
         return stored
 
     async def lineage(self, job: Job) -> tuple[str | None, str | None]:
         """(the job this one retries, the newest job retrying this one)."""
-        return await self.engine.store.retry_links(job.id)
+        scheduler = self.engine.scheduler
+        if job.is_terminal or scheduler.get(job.id) is None:
+            return await self.engine.store.retry_links(job.id)
+        # Only a finished job can be retried, and what a job retries never changes: an
+        # active job's lineage is read once, not on every poll (a store round trip is
+        # the slow part of a poll while workers keep the loop busy).
+        if job.id not in self._retry_of:
+            if len(self._retry_of) > 2 * scheduler.active_jobs + 64:
+                self._retry_of = {k: v for k, v in self._retry_of.items() if scheduler.get(k)}
+            self._retry_of[job.id] = (await self.engine.store.retry_links(job.id))[0]
+        return self._retry_of[job.id], None
 
     async def results(
         self, job_id: str, *, tenant: str, status: str | None, partial: bool

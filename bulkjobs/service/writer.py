@@ -87,7 +87,7 @@ class ResultWriter:
         *,
         max_rows: int = 2000,
         linger_ms: float = 2.0,
-        queue_size: int = 256,
+        queue_size: int = 64,
         metrics: Metrics | None = None,
     ) -> None:
         self._metrics = metrics or Metrics()
