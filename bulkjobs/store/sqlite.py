@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiosqlite
@@ -29,6 +29,7 @@ from .base import (
 )
 from .reader import Reader
 from .schema import MIGRATIONS
+from .timestamps import from_ms, to_ms
 from .webhooks import NewWebhook, SQLiteWebhooks
 
 logger = logging.getLogger(__name__)
@@ -71,14 +72,6 @@ RETURNING {_JOB_COLS}
 """
 
 
-def to_ms(value: datetime | None) -> int | None:
-    return None if value is None else int(value.timestamp() * 1000)
-
-
-def from_ms(value: int | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value / 1000, UTC)
-
-
 def job_from_row(row: Sequence[Any]) -> Job:
     """A Job from a row selected with `_JOB_COLS`."""
     error = JobError(row[15], row[16] or "") if row[15] else None
@@ -91,10 +84,10 @@ def job_from_row(row: Sequence[Any]) -> Job:
         succeeded=row[6],
         failed=row[7],
         cancelled=row[8],
-        created_at=from_ms(row[9]),  # type: ignore[arg-type]
+        created_at=from_ms(row[9]),
         started_at=from_ms(row[10]),
         completed_at=from_ms(row[11]),
-        updated_at=from_ms(row[12]),  # type: ignore[arg-type]
+        updated_at=from_ms(row[12]),
         expires_at=from_ms(row[13]),
         cancel_requested_at=from_ms(row[14]),
         error=error,
@@ -401,7 +394,7 @@ class SQLiteStore:
             row = await cur.fetchone()
         if row is None:
             return None
-        return Tombstone(row[0], row[1], row[2], _at(row[3]), _at(row[4]))
+        return Tombstone(row[0], row[1], row[2], from_ms(row[3]), from_ms(row[4]))
 
     async def expired_jobs(self, now: datetime, limit: int) -> list[Job]:
         sql = (
@@ -515,10 +508,8 @@ async def _purge_job_rows(db: aiosqlite.Connection, job_pk: int) -> None:
     await db.execute("DELETE FROM purge_queue WHERE job_pk = ?", (job_pk,))
 
 
-def _at(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
-
-
 def _idempotency_from_row(row: Sequence[Any]) -> IdempotencyRecord:
     tenant, key, request_hash, job_id, created_at, expires_at = row
-    return IdempotencyRecord(tenant, key, request_hash, job_id, _at(created_at), _at(expires_at))
+    return IdempotencyRecord(
+        tenant, key, request_hash, job_id, from_ms(created_at), from_ms(expires_at)
+    )

@@ -13,7 +13,7 @@ import enum
 import os
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import aiosqlite
@@ -22,6 +22,7 @@ import attrs
 from .. import jsonutil
 from ..models import Job, JobError, JobStatus
 from .reader import Reader
+from .timestamps import from_ms, to_ms
 
 TERMINAL_EVENTS = ("job.completed", "job.failed", "job.cancelled")
 PROGRESS_EVENT = "job.progress"
@@ -199,14 +200,6 @@ _MESSAGE_COLS = (
 _FROM = "webhook_messages m JOIN webhook_subscriptions s ON s.job_pk = m.job_pk"
 
 
-def _at(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
-
-
-def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
-
-
 def _message(row: Sequence[Any]) -> Message:
     return Message(
         pk=row[0],
@@ -214,12 +207,12 @@ def _message(row: Sequence[Any]) -> Message:
         job_pk=row[2],
         job_id=row[3],
         type=row[4],
-        created_at=_at(row[5]),  # type: ignore[arg-type]
+        created_at=from_ms(row[5]),
         status=MessageStatus(row[6]),
         attempts=row[7],
         retries=row[8],
-        next_attempt_at=_at(row[9]),
-        delivered_at=_at(row[10]),
+        next_attempt_at=from_ms(row[9]),
+        delivered_at=from_ms(row[10]),
         url=row[11],
         snapshot=row[12],
     )
@@ -249,12 +242,12 @@ class SQLiteWebhooks:
         await db.execute(
             "INSERT INTO webhook_subscriptions (job_pk, url, events, progress_interval_ms,"
             " last_progress_at) VALUES (?, ?, ?, ?, ?)",
-            (job_pk, hook.url, " ".join(hook.events), hook.progress_interval_ms, _ms(created_at)),
+            (job_pk, hook.url, " ".join(hook.events), hook.progress_interval_ms, to_ms(created_at)),
         )
 
     async def enqueue_in(self, db: aiosqlite.Connection, jobs: Sequence[Job], now: datetime) -> int:
         """Add the outbox messages these committed job changes call for; return how many."""
-        now_ms = _ms(now)
+        now_ms = to_ms(now)
         states = await self._states(db, [j.pk for j in jobs])
         added = 0
         for job in jobs:
@@ -298,7 +291,7 @@ class SQLiteWebhooks:
     async def due(self, now: datetime, after: tuple[int, int] | None, limit: int) -> list[Message]:
         # 'pending' is inlined so that the partial index applies.
         where = "m.status = 'pending' AND m.next_attempt_at <= ?"
-        args: list[Any] = [_ms(now)]
+        args: list[Any] = [to_ms(now)]
         if after is not None:
             where += " AND (m.next_attempt_at, m.pk) > (?, ?)"
             args.extend(after)
@@ -315,12 +308,12 @@ class SQLiteWebhooks:
             " ORDER BY next_attempt_at, pk LIMIT ?"
         )
         async with self._reader().execute(sql, (limit,)) as cur:
-            return [(r[0], _at(r[1])) for r in await cur.fetchall()]  # type: ignore[misc]
+            return [(r[0], from_ms(r[1])) for r in await cur.fetchall()]
 
     async def record(self, message_pk: int, rec: AttemptRecord) -> None:
         a = rec.attempt
-        nxt = _ms(a.next_attempt_at) if a.next_attempt_at else None
-        delivered = _ms(a.at) if rec.status is MessageStatus.DELIVERED else None
+        nxt = to_ms(a.next_attempt_at) if a.next_attempt_at else None
+        delivered = to_ms(a.at) if rec.status is MessageStatus.DELIVERED else None
         async with self._txn() as db:
             async with db.execute(
                 "UPDATE webhook_messages SET attempts = attempts + 1, retries = ?, status = ?,"
@@ -334,10 +327,10 @@ class SQLiteWebhooks:
             await db.execute(
                 "INSERT INTO webhook_attempts (message_pk, n, at, duration_ms, status_code,"
                 " error, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (message_pk, row[0], _ms(a.at), a.duration_ms, a.status_code, a.error, nxt),
+                (message_pk, row[0], to_ms(a.at), a.duration_ms, a.status_code, a.error, nxt),
             )
             if rec.gone:
-                await _stop_subscription(db, row[1], _ms(a.at))
+                await _stop_subscription(db, row[1], to_ms(a.at))
 
     # -- deliveries API --------------------------------------------------------
 
@@ -347,7 +340,7 @@ class SQLiteWebhooks:
             row = await cur.fetchone()
         if row is None:
             return None
-        return Subscription(row[0], row[1], tuple(row[2].split()), _at(row[3]))
+        return Subscription(row[0], row[1], tuple(row[2].split()), from_ms(row[3]))
 
     async def messages(self, job_pk: int, after_pk: int, limit: int) -> list[Message]:
         sql = (
@@ -368,7 +361,7 @@ class SQLiteWebhooks:
         )
         async with self._reader().execute(sql, list(message_pks)) as cur:
             for r in await cur.fetchall():
-                found[r[0]].append(Attempt(_at(r[1]), r[2], r[3], r[4], _at(r[5])))  # type: ignore[arg-type]
+                found[r[0]].append(Attempt(from_ms(r[1]), r[2], r[3], r[4], from_ms(r[5])))
         return found
 
     async def message(self, job_pk: int, msg_id: str) -> Message | None:
@@ -382,7 +375,7 @@ class SQLiteWebhooks:
             async with db.execute(
                 "UPDATE webhook_messages SET status = 'pending', retries = 0, next_attempt_at = ?"
                 " WHERE pk = ? RETURNING job_pk",
-                (_ms(now), message_pk),
+                (to_ms(now), message_pk),
             ) as cur:
                 row = await cur.fetchone()
             assert row is not None, f"webhook message {message_pk} vanished"

@@ -52,7 +52,8 @@ def _job_headers(request: web.Request, job: Job) -> dict[str, str]:
     return headers
 
 
-def _limit(query: MultiMapping[str]) -> int:
+def page_limit(query: MultiMapping[str]) -> int:
+    """`?limit=` of a collection: 1 to MAX_PAGE, default 100."""
     raw = query.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
         raise BulkJobsError(
@@ -119,7 +120,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         status=q.get("status"),
         operation=q.get("operation"),
         cursor=q.get("cursor"),
-        limit=_limit(q),
+        limit=page_limit(q),
     )
     return _page_response(request, page, [render_job(request, j) for j in page.data])
 
@@ -142,7 +143,7 @@ async def list_items(request: web.Request) -> web.Response:
         tenant=tenant_of(request),
         status=q.get("status"),
         cursor=q.get("cursor"),
-        limit=_limit(q),
+        limit=page_limit(q),
     )
     return _page_response(request, page, [item_json(i) for i in page.data])
 

@@ -7,14 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ..errors import BulkJobsError
 from ..models import format_ts
-from ..service.jobs import MAX_PAGE, decode_cursor, encode_cursor
+from ..service.jobs import decode_cursor, encode_cursor
 from ..service.webhooks import Delivery
 from ..store.webhooks import Attempt, MessageStatus, Subscription
 from .auth import tenant_of
 from .keys import SERVICE, SETTINGS
-from .routes import json_response
+from .routes import json_response, page_limit
 
 routes = web.RouteTableDef()
 
@@ -61,22 +60,11 @@ def _href(request: web.Request, job_id: str) -> str:
     return f"{request.app[SETTINGS].base_path}/bulk-jobs/{job_id}/webhook-deliveries"
 
 
-def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
-        raise BulkJobsError(
-            "invalid_request",
-            f"`limit` must be an integer from 1 to {MAX_PAGE}.",
-            parameter="limit",
-        )
-    return int(raw)
-
-
 @routes.get("/bulk-jobs/{job_id}/webhook-deliveries")
 async def list_deliveries(request: web.Request) -> web.Response:
     """The job's webhook messages, oldest first, each with all its attempts."""
     service = request.app[SERVICE]
-    limit = _limit(request)
+    limit = page_limit(request.query)
     after = decode_cursor("w", request.query.get("cursor")) or 0
     job = await service.get(request.match_info["job_id"], tenant_of(request))
     page = await service.webhooks.list(job, after, limit)
