@@ -8,15 +8,20 @@ one 200,000-item `noop` job:
 Reported: the job's throughput (items/s from started_at to completed_at), server CPU%
 over the job, server peak RSS and its growth over the pre-job RSS, and for polling the
 p50/p99 latency. Medians of --runs runs; the machine is shared, so read the ratios.
+The client's own CPU% is reported too (it shares the cores with the server).
 
     python benchmarks/bench_live.py [--runs 3] [--items 200000] [--subscribers 1000]
+        [--only quiet,sse,polling] [--profile /tmp/live]  # py-spy raw stacks per run
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -78,18 +83,39 @@ async def sse(http: aiohttp.ClientSession, url: str, job_id: str, out: dict[str,
 async def one_poller(
     http: aiohttp.ClientSession, url: str, job_id: str, latencies: list[float], interval_s: float
 ) -> None:
-    tag = ""
+    """Poll over one keep-alive connection with a bare-socket HTTP/1.1 client: like the
+    SSE readers, it must cost the shared cores as little as possible. Latency is from
+    the request's write to the last byte of the response (its body when there is one)."""
+    host, port = url.removeprefix("http://").split(":")
     await asyncio.sleep(random.uniform(0, interval_s))  # spread the clients out
-    while True:
-        headers = {"If-None-Match": tag} if tag else {}
-        started = time.perf_counter()
-        async with http.get(f"{url}/bulk-jobs/{job_id}", headers=headers) as resp:
-            body = await resp.read()
+    reader, writer = await asyncio.open_connection(host, int(port))
+    request = f"GET /bulk-jobs/{job_id} HTTP/1.1\r\nHost: {host}\r\n"
+    tag = ""
+    try:
+        while True:
+            started = time.perf_counter()
+            condition = f"If-None-Match: {tag}\r\n" if tag else ""
+            writer.write(f"{request}{condition}\r\n".encode())
+            status, headers = _parse_head(await reader.readuntil(b"\r\n\r\n"))
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
             latencies.append(time.perf_counter() - started)
-            tag = resp.headers["ETag"]
-        if resp.status == 200 and b'"status":"running"' not in body and b"pending" not in body:
-            return
-        await asyncio.sleep(interval_s)
+            tag = headers["etag"]
+            if status == 200 and b'"status":"running"' not in body and b"pending" not in body:
+                return
+            await asyncio.sleep(interval_s)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers
 
 
 async def polling(http: aiohttp.ClientSession, url: str, job_id: str, out: dict[str, Any]) -> None:
@@ -103,7 +129,27 @@ async def polling(http: aiohttp.ClientSession, url: str, job_id: str, out: dict[
     out["p99_ms"] = 1000 * latencies[int(len(latencies) * 0.99)]
 
 
-async def run_once(scenario: Scenario, items: int, extra: dict[str, Any]) -> dict[str, Any]:
+async def start_profiler(pid: int, path: str | None) -> asyncio.subprocess.Process | None:
+    """py-spy sampling the server (raw folded stacks), when asked for."""
+    if path is None:
+        return None
+    exe = os.path.join(os.path.dirname(sys.executable), "py-spy")  # pip install py-spy
+    cmd = [exe, "record", "--pid", str(pid), "-r", "200", "-f", "raw", "-o", path]
+    return await asyncio.create_subprocess_exec(
+        *cmd, "--nonblocking", stdout=asyncio.subprocess.DEVNULL
+    )
+
+
+async def stop_profiler(proc: asyncio.subprocess.Process | None) -> None:
+    if proc is not None and proc.returncode is None:
+        proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        async with asyncio.timeout(30):
+            await proc.wait()
+
+
+async def run_once(
+    scenario: Scenario, items: int, extra: dict[str, Any], profile: str | None = None
+) -> dict[str, Any]:
     body = job_body("noop", items)
     connector = aiohttp.TCPConnector(limit=0)
     async with (
@@ -114,19 +160,27 @@ async def run_once(scenario: Scenario, items: int, extra: dict[str, Any]) -> dic
     ):
         rss_before = rss_mb(server.pid)
         _, job_id = await post_job(http, server.url, body)
+        profiler = await start_profiler(server.pid, profile)
         cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
+        client0 = cpu_seconds(os.getpid())
         out = dict(extra)
         watchers = asyncio.create_task(scenario(http, server.url, job_id, out))
         job = await follow_long_poll(http, server.url, job_id)
         await watchers
         wall = time.perf_counter() - t0
         out["cpu_pct"] = 100 * (cpu_seconds(server.pid) - cpu0) / wall
+        out["client_cpu_pct"] = 100 * (cpu_seconds(os.getpid()) - client0) / wall
+        await stop_profiler(profiler)
         out["peak_rss_mb"] = rss_mb(server.pid, "VmHWM")
         out["rss_growth_mb"] = out["peak_rss_mb"] - rss_before
         seconds = (_ts(job["completed_at"]) - _ts(job["started_at"])).total_seconds()
         assert job["succeeded"] == items, job
         out["items_per_s"] = items / seconds
         return out
+
+
+def profile_path(prefix: str | None, scenario: str, run: int) -> str | None:
+    return None if prefix is None else f"{prefix}-{scenario}-{run}.txt"
 
 
 def summary(name: str, runs: list[dict[str, Any]], keys: list[str]) -> dict[str, float]:
@@ -143,8 +197,12 @@ async def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--pollers", type=int, default=200)
     parser.add_argument("--poll-interval-s", type=float, default=0.5)
+    parser.add_argument(
+        "--only", default="quiet,sse,polling", help="comma-separated scenarios to run"
+    )
+    parser.add_argument("--profile", help="py-spy each run's server to PROFILE-<scenario>-<n>")
     args = parser.parse_args()
-    base = ["items_per_s", "cpu_pct", "peak_rss_mb", "rss_growth_mb"]
+    base = ["items_per_s", "cpu_pct", "client_cpu_pct", "peak_rss_mb", "rss_growth_mb"]
     results: dict[str, dict[str, float]] = {}
     plans: list[tuple[str, Scenario, dict[str, Any], list[str]]] = [
         ("quiet", quiet, {}, base),
@@ -152,12 +210,21 @@ async def main() -> None:
         ("polling", polling, {"n": args.pollers, "interval_s": args.poll_interval_s},
          [*base, "requests", "p50_ms", "p99_ms"]),
     ]  # fmt: skip
-    for name, scenario, extra, keys in plans:
-        runs = [await run_once(scenario, args.items, extra) for _ in range(args.runs)]
+    chosen = [plan for plan in plans if plan[0] in args.only.split(",")]
+    # Runs are interleaved (quiet, sse, polling, quiet, ...): the machine is shared and
+    # its load drifts, so each comparison is made back to back.
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in chosen}
+    for i in range(args.runs):
+        for name, scenario, extra, _ in chosen:
+            profile = profile_path(args.profile, name, i)
+            runs[name].append(await run_once(scenario, args.items, extra, profile))
+    for name, _, _, keys in chosen:
         if name == "sse":
-            events = [median(r["events"]) for r in runs]
+            events = [median(r["events"]) for r in runs[name]]
             print(f"sse      events per subscriber (median): {median(events):.0f}", flush=True)
-        results[name] = summary(name, runs, keys)
+        results[name] = summary(name, runs[name], keys)
+    if set(results) != {"quiet", "sse", "polling"}:
+        return
     q, s, p = results["quiet"], results["sse"], results["polling"]
     print(f"throughput with {args.subscribers} SSE subscribers: "
           f"{100 * s['items_per_s'] / q['items_per_s']:.0f}% of unobserved (target >= 80%); "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import attrs
 
 from bulkjobs.models import Job, JobStatus
-from bulkjobs.service.events import EventHub
+from bulkjobs.service.events import EventHub, JobEvent
 
 
 def job(seq: int, status: JobStatus = JobStatus.RUNNING, done: int = 0) -> Job:
@@ -90,3 +92,50 @@ async def test_event_shape_is_the_documented_one() -> None:
         "progress": 0.256,
         "at": event.to_dict()["at"],
     }
+
+
+async def test_many_subscribers_stretch_the_progress_interval_to_the_fanout_budget() -> None:
+    hub = EventHub(progress_interval_s=0.01, fanout_per_s=200)
+    subs = [hub.subscribe("job_x", maxsize=8) for _ in range(20)]  # 20 / 200/s = 0.1 s
+    hub.publish(job(1))
+    hub.publish(job(2, done=1))  # the first progress goes out at once...
+    started = asyncio.get_running_loop().time()
+    hub.publish(job(3, done=2))  # ...the next one waits for the stretched interval
+    received = [await subs[0].get() for _ in range(3)]
+    assert [(e.type, e.seq) for e in received if e] == [
+        ("status", 1),
+        ("progress", 2),
+        ("progress", 3),
+    ]
+    assert asyncio.get_running_loop().time() - started >= 0.09
+    hub.publish(job(4, JobStatus.COMPLETED, done=1000))  # transitions are never held
+    assert sorted(hub.buffered("job_x")) == [1] + [4] * 19  # 1 = the terminal event
+
+
+async def test_a_waiting_subscriber_takes_events_through_its_sink_until_it_refuses() -> None:
+    hub = EventHub(progress_interval_s=0)
+    sub = hub.subscribe("job_x", maxsize=8)
+    taken: list[int] = []
+    accept = True
+
+    def sink(event: JobEvent) -> bool:
+        if accept:
+            taken.append(event.seq)
+        return accept
+
+    sub.sink = sink
+    waiter = asyncio.create_task(sub.get())
+    await asyncio.sleep(0)  # parked in get(): events go to the sink, nobody is woken
+    hub.publish(job(1))
+    hub.publish(job(2, done=1))
+    assert taken == [1, 2] and len(sub) == 0 and not waiter.done()
+    accept = False  # e.g. the socket has data queued: the consumer takes over, in order
+    hub.publish(job(3, done=2))
+    hub.publish(job(4, done=3))
+    assert taken == [1, 2] and len(sub) == 2
+    first = await waiter
+    assert first is not None and first.seq == 3
+    accept = True  # not parked in get() with an empty buffer: the sink is not used
+    hub.publish(job(5, done=4))
+    assert taken == [1, 2]
+    assert [e.seq for e in [await sub.get(), await sub.get()] if e] == [4, 5]

@@ -6,6 +6,12 @@ The stream starts with `retry:` and a `snapshot` of the job (or, on resume with
 terminal event. aiohttp-sse sends the comment heartbeats and drops a client whose
 writes stall past the send timeout; the hub's bounded subscription coalesces while
 the handler is blocked on such a client.
+
+Fan-out is the hot path (1,000 streams of one job): each event's message is built
+once (`JobEvent.sse`), and while a stream is idle and its socket has nothing queued,
+the hub writes the message straight to the socket through the subscription's sink
+instead of waking the handler; anything else (a socket with data still queued, a
+closing one) goes through the buffer and the handler's timed write as before.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import contextlib
 from typing import Any
 
 from aiohttp import web
-from aiohttp_sse import EventSourceResponse, sse_response
+from aiohttp.http import StreamWriter
+from aiohttp_sse import EventSourceResponse
 
 from .. import jsonutil
 from ..errors import BulkJobsError
@@ -23,6 +30,7 @@ from ..models import Job
 from ..service.events import EventHub, JobEvent, Subscription
 from .auth import tenant_of
 from .keys import ENGINE, SERVICE, SETTINGS, STREAMS
+from .polling import active_from_hub
 from .representation import job_json
 
 routes = web.RouteTableDef()
@@ -41,7 +49,10 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             request.match_info["job_id"], maxsize=request.app[SETTINGS].sse_buffer_events
         )
         try:
-            job = await request.app[SERVICE].get(request.match_info["job_id"], tenant_of(request))
+            # An active job's latest state is in the hub: no store read per subscriber.
+            job = active_from_hub(request) or await request.app[SERVICE].get(
+                request.match_info["job_id"], tenant_of(request)
+            )
             if job.is_terminal and last_id is not None and last_id >= job.seq:
                 # 204 tells an EventSource to stop reconnecting.
                 return web.Response(status=204)
@@ -68,19 +79,22 @@ async def _stream(
     request: web.Request, job: Job, sub: Subscription, last_id: int | None
 ) -> EventSourceResponse:
     settings = request.app[SETTINGS]
-    relay = _Relay(request.app[SETTINGS].base_path)
-    async with sse_response(
-        request,
-        ping_interval=settings.sse_heartbeat_s,
-        send_timeout=settings.sse_send_timeout_s,
-    ) as resp:
+    resp = EventSourceResponse(
+        ping_interval=settings.sse_heartbeat_s, send_timeout=settings.sse_send_timeout_s
+    )
+    writer = await resp.prepare(request)
+    relay = _Relay(settings.base_path, settings.sse_send_timeout_s, request.transport)
+    async with resp:
         watcher = asyncio.create_task(_close_when_gone(resp, sub))
         try:
             with contextlib.suppress(ConnectionResetError, TimeoutError):
-                await resp.write(f"retry: {settings.sse_retry_ms}\r\n\r\n".encode())
-                await relay.start(resp, job, request.app[ENGINE].hub, last_id)
+                retry = f"retry: {settings.sse_retry_ms}\r\n\r\n".encode()
+                await relay.start(resp, retry, job, request.app[ENGINE].hub, last_id)
+                if isinstance(writer, StreamWriter) and writer.chunked:
+                    sub.sink = relay.offer
                 await relay.follow(resp, sub)
         finally:
+            sub.sink = None
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
     return resp
@@ -95,32 +109,46 @@ async def _close_when_gone(resp: EventSourceResponse, sub: Subscription) -> None
 class _Relay:
     """Sends events in order, never the same sequence number twice (snapshot aside)."""
 
-    def __init__(self, base_path: str) -> None:
+    def __init__(
+        self, base_path: str, send_timeout_s: float, transport: asyncio.Transport | None
+    ) -> None:
         self.base_path = base_path
+        self.send_timeout_s = send_timeout_s
+        self.transport = transport
         self.sent_seq = -1
         self.done = False
 
     async def start(
-        self, resp: EventSourceResponse, job: Job, hub: EventHub, last_id: int | None
+        self,
+        resp: EventSourceResponse,
+        head: bytes,
+        job: Job,
+        hub: EventHub,
+        last_id: int | None,
     ) -> None:
+        """Send `head`, then the snapshot or the missed events, in one write."""
         missed = None if last_id is None or last_id > job.seq else hub.since(job.id, last_id)
         if missed is None:
-            await self._snapshot(resp, job)
+            await self.write(resp, head + self._snapshot(job))
             return
         self.sent_seq = last_id if last_id is not None else -1
-        for event in missed:
-            await self.send(resp, event)
+        fresh = [e for e in missed if e.seq > self.sent_seq]
+        await self.write(resp, b"".join([head, *(e.sse for e in fresh)]))
+        if fresh:
+            self.sent_seq = fresh[-1].seq
+            self.done = fresh[-1].job.is_terminal
 
-    async def _snapshot(self, resp: EventSourceResponse, job: Job) -> None:
+    def _snapshot(self, job: Job) -> bytes:
         data = JobEvent(seq=job.seq, job_id=job.id, type="snapshot", job=job).to_dict()
         data["job"] = job_json(job, self.base_path)
-        await self._write(resp, job.seq, "snapshot", data)
+        message = _message(job.seq, "snapshot", data)
         self.sent_seq = job.seq
         if job.is_terminal:
             # The terminal transition itself, so every stream ends on a `status` event.
             terminal = JobEvent(seq=job.seq, job_id=job.id, type="status", job=job)
-            await self._write(resp, job.seq, "status", terminal.to_dict())
+            message += _message(job.seq, "status", terminal.to_dict())
             self.done = True
+        return message
 
     async def follow(self, resp: EventSourceResponse, sub: Subscription) -> None:
         """Relay the subscription until the terminal event, shutdown, or a gone client."""
@@ -130,10 +158,43 @@ class _Relay:
     async def send(self, resp: EventSourceResponse, event: JobEvent) -> None:
         if self.done or event.seq <= self.sent_seq:
             return
-        await resp.send(event.json, id=str(event.seq), event=event.type)
+        await self.write(resp, event.sse)
         self.sent_seq = event.seq
         self.done = event.job.is_terminal
 
-    @staticmethod
-    async def _write(resp: EventSourceResponse, seq: int, kind: str, data: dict[str, Any]) -> None:
-        await resp.send(jsonutil.dumps_str(data), id=str(seq), event=kind)
+    def offer(self, event: JobEvent) -> bool:
+        """The subscription's sink: write `event` now if the socket has nothing queued.
+
+        Called by the hub only while `follow` waits on an empty buffer, so nothing of
+        this stream is pending in between. Writes one HTTP/1.1 chunk, as aiohttp's
+        chunked writer would; False hands the event to the handler's timed write.
+        """
+        if self.done or event.seq <= self.sent_seq:
+            return True
+        transport = self.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        message = event.sse
+        transport.write(b"%x\r\n%b\r\n" % (len(message), message))
+        self.sent_seq = event.seq
+        self.done = event.job.is_terminal
+        return True
+
+    async def write(self, resp: EventSourceResponse, message: bytes) -> None:
+        """`EventSourceResponse.send` for a prebuilt message: a stalled client past the
+        send timeout is dropped (its connection aborted), a gone one ends the stream."""
+        try:
+            async with asyncio.timeout(self.send_timeout_s):
+                await resp.write(message)
+        except ConnectionResetError:
+            resp.stop_streaming()
+            raise
+        except TimeoutError:
+            resp.stop_streaming()
+            if self.transport is not None:
+                self.transport.abort()  # a stalled peer never drains: do not wait for it
+            raise
+
+
+def _message(seq: int, kind: str, data: dict[str, Any]) -> bytes:
+    return f"id: {seq}\r\nevent: {kind}\r\ndata: {jsonutil.dumps_str(data)}\r\n\r\n".encode()
