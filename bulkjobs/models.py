@@ -144,11 +144,11 @@ class ItemRecord:
 
 @attrs.frozen
 class WorkItem:
-    """One item handed to a worker: its position and its raw payload."""
+    """One item handed to a worker: its position and its payload as JSON text."""
 
     index: int
     item_id: str | None
-    payload: dict[str, Any]
+    payload_json: str | bytes
 
 
 @attrs.frozen

@@ -26,7 +26,7 @@ class Metrics:
         )
         self.item_seconds = Histogram(
             "bulkjobs_item_seconds",
-            "Handler time per item (a batch handler's time is shared by its items).",
+            "Mean handler time per item, one sample per chunk of items.",
             ["operation"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
