@@ -103,11 +103,16 @@ async def test_live_retry_and_results_responses_match(client: TestClient) -> Non
         assert (await client.get(f"/bulk-jobs/{body['id']}/results?format={fmt}")).status == 200
 
 
-def test_readme_catalog_is_generated_from_the_code() -> None:
+def _readme_generator() -> Any:
     spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts/gen_error_catalog.py")
     assert spec is not None and spec.loader is not None
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
+    return gen
+
+
+def test_readme_catalog_is_generated_from_the_code() -> None:
+    gen = _readme_generator()
     readme = (ROOT / "README.md").read_text()
     assert gen.BEGIN in readme, "README lacks the generated error catalog block"
     assert catalog_markdown() in readme
@@ -115,10 +120,7 @@ def test_readme_catalog_is_generated_from_the_code() -> None:
 
 
 def test_readme_flags_table_is_generated_from_the_cli() -> None:
-    spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts/gen_error_catalog.py")
-    assert spec is not None and spec.loader is not None
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
+    gen = _readme_generator()
     readme = (ROOT / "README.md").read_text()
     assert gen.FLAGS_BEGIN in readme, "README lacks the generated flags block"
     assert gen.render(readme) == readme, "README flags table is stale: run `make catalog`"
