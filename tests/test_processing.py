@@ -184,3 +184,26 @@ async def _attempts(db_path: str, job_id: str) -> set[int]:
     sql = "SELECT DISTINCT attempts FROM items i JOIN jobs j ON j.pk = i.job_pk WHERE j.id = ?"
     async with aiosqlite.connect(db_path) as db, db.execute(sql, (job_id,)) as cur:
         return {r[0] for r in await cur.fetchall()}
+
+
+async def test_a_bug_in_the_worker_path_fails_the_job_not_the_worker(
+    client: TestClient, monkeypatch: Any
+) -> None:
+    from bulkjobs.service.workers import Executor
+
+    real = Executor.run_chunk
+
+    async def broken(self: Executor, run: Any, chunk: Any) -> Any:
+        if run.operation.name == "sync_echo":
+            raise RuntimeError("simulated bug outside any handler")
+        return await real(self, run, chunk)
+
+    monkeypatch.setattr(Executor, "run_chunk", broken)
+    bad = await submit(client, "sync_echo", [{"n": i} for i in range(50)])
+    job = await wait_terminal(client, bad["id"])
+    assert job.status == JobStatus.FAILED
+    assert job.error is not None and job.error.code == "internal_error"
+    assert job.processed == 50 and job.cancelled == 50  # nothing left pending
+    assert client.app[ENGINE].alive  # every worker still runs
+    good = await submit(client, "echo", [{"n": 1}] * 20)
+    assert (await wait_terminal(client, good["id"])).succeeded == 20

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import jsonutil
-from ..models import ItemStatus, WorkItem
+from ..models import ItemStatus, JobError, JobStatus, WorkItem
 from ..registry import BatchContext, ItemContext, ItemFailed, Operation, call_handler
 from ..store import OutcomeRow
 from .metrics import Metrics
-from .scheduler import Chunk, JobRun, Scheduler
+from .scheduler import Chunk, JobRun, Scheduler, StopRequest
 from .writer import Outcomes, ResultWriter
 
 logger = logging.getLogger(__name__)
@@ -185,6 +185,11 @@ def _batch_rows(
     ]
 
 
+def _broken_chunk() -> StopRequest:
+    msg = "an internal error stopped the job; its unfinished items were cancelled"
+    return StopRequest(JobStatus.FAILED, JobError("internal_error", msg))
+
+
 class WorkerPool:
     """N worker coroutines draining the work queue."""
 
@@ -219,6 +224,11 @@ class WorkerPool:
             failed = 0
             try:
                 failed = await self._work(run, chunk)
+            except Exception:
+                # A bug of ours, not a handler's (those become item outcomes): the
+                # chunk's outcomes are unknown, so the job must not end `completed`.
+                logger.exception("worker failed on a chunk of %s", run.job_id)
+                self._scheduler.request_stop(run, _broken_chunk())
             finally:
                 self.busy -= 1
                 if not self.busy:
