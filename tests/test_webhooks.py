@@ -397,3 +397,19 @@ async def test_deleting_a_job_purges_its_delivered_webhook_rows(
             async with db.execute(f"SELECT count(*) FROM {table}") as cur:
                 row = await cur.fetchone()
             assert row == (0,), table
+
+
+async def test_a_retry_job_notifies_the_same_webhook(make_client: Any, receiver: Any) -> None:
+    client = await make_client(**FAST)
+    job = await submit(
+        client, "echo", [{"n": 1}, {"n": 2, "fail": "bad"}], webhook={"url": receiver.url}
+    )
+    first = await receiver.next()
+    assert first.json["data"]["id"] == job["id"]
+    resp = await client.post(f"/bulk-jobs/{job['id']}/retry")
+    retry = await resp.json()
+    assert resp.status == 202
+    got = await receiver.next()
+    assert got.json["type"] == "job.completed"
+    assert got.json["data"]["id"] == retry["id"]
+    assert verify(SECRET, got.headers, got.body)

@@ -462,6 +462,14 @@ class SQLiteStore:
             await db.execute(
                 "INSERT INTO job_retries (job_id, retry_of) VALUES (?, ?)", (job.id, source.id)
             )
+            # The retry notifies the same webhook as the job it retries (checked again
+            # at delivery time like every target).
+            await db.execute(
+                "INSERT INTO webhook_subscriptions (job_pk, url, events, progress_interval_ms,"
+                " last_progress_at) SELECT ?, url, events, progress_interval_ms, ?"
+                " FROM webhook_subscriptions WHERE job_pk = ? AND gone_at IS NULL",
+                (pk, to_ms(job.created_at), source.pk),
+            )
             # The source's representation gains a link: a new seq makes its ETag change.
             await db.execute("UPDATE jobs SET seq = seq + 1 WHERE pk = ?", (source.pk,))
         return pk
