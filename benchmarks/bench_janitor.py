@@ -53,7 +53,7 @@ async def main() -> None:
     parser.add_argument("--delete-items", type=int, default=500_000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    env_args = ("--janitor-interval-s", "0.2")
+    env_args = ("--janitor-interval-s", "0.2", "--min-ttl-s", "0")
     normal, during, overlapped = [], [], 0
     async with running_server(*env_args) as server, aiohttp.ClientSession() as http:
         for _ in range(args.runs):
