@@ -2,39 +2,46 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: serve test lint format bench catalog clean
 
-$(STAMP): pyproject.toml
+# `make serve` installs only what the service needs; the test tools (Playwright,
+# schemathesis, mypy, ...) come with the first `make test`.
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $(RUN_STAMP)
+
+$(DEV_STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(DEV_STAMP)
 
 ## serve: run the service on 127.0.0.1:8080 with the demo operations (./bulkjobs.sqlite3)
-serve: $(STAMP)
+serve: $(RUN_STAMP)
 	$(BIN)/bulkjobs serve
 
 ## test: lint, type-check and run the whole test suite
-test: $(STAMP) lint
+test: $(DEV_STAMP) lint
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 ## bench: the benchmarks of benchmarks/ (prints medians; takes a few minutes)
-bench: $(STAMP)
+bench: $(RUN_STAMP)
 	$(BIN)/python benchmarks/bench_core.py
 
 ## catalog: regenerate the README's error catalog from bulkjobs/errors.py
-catalog: $(STAMP)
+catalog: $(DEV_STAMP)
 	$(BIN)/python scripts/gen_error_catalog.py
 
 clean:
