@@ -29,6 +29,8 @@ from .writer import ResultWriter, Transition
 logger = logging.getLogger(__name__)
 
 _PURGE_IDLE_S = 5.0
+#: Time the writer gets beyond the grace period to flush outcomes at shutdown.
+_FLUSH_EXTRA_S = 10.0
 
 
 class Engine:
@@ -176,11 +178,26 @@ class Engine:
         await self._wait_idle(self.settings.shutdown_grace_s)
         await _cancel_all(self._tasks)
         self._tasks.clear()
-        if self._writer_task is not None:
-            await self.writer.close()
-            await self._writer_task
+        await self._stop_writer()
         await self._lifespans.aclose()
         await self.store.close()
+
+    async def _stop_writer(self) -> None:
+        """Let the writer flush what is queued; cancel it if it cannot within the grace."""
+        task = self._writer_task
+        if task is None:
+            return
+        try:
+            async with asyncio.timeout(self.settings.shutdown_grace_s + _FLUSH_EXTRA_S):
+                if not task.done():
+                    await self.writer.close()
+                await asyncio.shield(task)
+        except TimeoutError:
+            logger.error("the writer did not flush in time; unflushed items rerun next start")
+        except Exception:
+            logger.exception("the writer had stopped with an error")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     async def _wait_idle(self, grace_s: float) -> None:
         self._drop_queued_chunks()

@@ -177,7 +177,11 @@ class ResultWriter:
         self._metrics.commit_rows.observe(len(rows))
         self._metrics.commit_seconds.observe(elapsed)
         _resolve(batch, jobs)
-        self._on_commit(jobs)
+        try:
+            self._on_commit(jobs)
+        except Exception:
+            # The commit stands; a failing listener must not stop the only writer.
+            logger.exception("a commit listener failed")
 
 
 _TIMEOUT = object()
