@@ -189,7 +189,7 @@ async def _attempts(db_path: str, job_id: str) -> set[int]:
 async def test_a_bug_in_the_worker_path_fails_the_job_not_the_worker(
     client: TestClient, monkeypatch: Any
 ) -> None:
-    from bulkjobs.service.workers import Executor
+    from bulkjobs.service.executor import Executor
 
     real = Executor.run_chunk
 

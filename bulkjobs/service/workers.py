@@ -1,188 +1,19 @@
-"""Workers: take a chunk, run the operation's handler on it, queue the outcomes.
-
-A handler error fails one item, never a worker: `ItemFailed` keeps its code,
-`RetryableItemError` is retried with backoff, a timeout fails as `timeout`, anything
-else as `internal_error`. `CancelledError` is never swallowed. A handler's
-`SystemExit`, `KeyboardInterrupt` or other `BaseException` fails its item too (logged
-as an error): a handler does not own the process; SIGTERM/SIGINT stop the server
-through the runner's signal handlers, never as an exception inside a handler.
-"""
+"""Workers: take a chunk, run it through the executor, queue the outcomes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
 
-from .. import jsonutil
 from ..models import ItemStatus, JobError, JobStatus, WorkItem
-from ..registry import BatchContext, ItemContext, ItemFailed, Operation, call_handler
 from ..store import OutcomeRow
+from .executor import Executor
 from .metrics import Metrics
 from .scheduler import Chunk, JobRun, Scheduler, StopRequest
 from .writer import Outcomes, ResultWriter
 
 logger = logging.getLogger(__name__)
-
-_MAX_MESSAGE = 1000
-#: Longest stretch a worker runs handlers that never suspend before yielding the loop.
-#: Workers take turns, so the loop is held about `workers x SLICE_S` (2 ms for 4) between
-#: two looks at the sockets: a poll then answers in a few ms, not tens.
-SLICE_S = 0.0005
-
-#: What one attempt produced: ("ok", result) or ("err", ItemFailed)
-Attempt = tuple[str, Any]
-
-
-class _Timeout(ItemFailed):
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__("timeout", f"the handler did not finish within {timeout_s:g}s")
-
-
-def _row(run: JobRun, item: WorkItem, attempt: Attempt, attempts: int) -> OutcomeRow:
-    kind, value = attempt
-    if kind == "ok":
-        try:
-            result = None if value is None else jsonutil.dumps_str(value)
-        except TypeError as exc:
-            return _failed_row(
-                run, item, ItemFailed("internal_error", f"bad result: {exc}"), attempts
-            )
-        return (ItemStatus.SUCCEEDED.value, result, None, None, attempts, run.pk, item.index)
-    return _failed_row(run, item, value, attempts)
-
-
-def _failed_row(run: JobRun, item: WorkItem, err: ItemFailed, attempts: int) -> OutcomeRow:
-    message = str(err.message)[:_MAX_MESSAGE]
-    return (ItemStatus.FAILED.value, None, err.code, message, attempts, run.pk, item.index)
-
-
-class Executor:
-    """Runs one chunk of one job through its operation's handler."""
-
-    async def run_chunk(self, run: JobRun, chunk: Sequence[WorkItem]) -> list[OutcomeRow]:
-        op = run.operation
-        if op.is_batch:
-            return await self._run_batch(run, op, chunk)
-        rows: list[OutcomeRow] = []
-        clock = time.perf_counter
-        yield_at = clock() + SLICE_S
-        for item in chunk:
-            if run.stopping:
-                break  # the rest stay pending; the stop transition cancels them
-            rows.append(await self._run_item(run, op, item))
-            if clock() >= yield_at:
-                # A handler that never suspends would hold the loop for the whole
-                # chunk; give requests, streams and the writer a turn.
-                await asyncio.sleep(0)
-                yield_at = clock() + SLICE_S
-        return rows
-
-    async def _run_item(self, run: JobRun, op: Operation, item: WorkItem) -> OutcomeRow:
-        try:
-            value = op.validator.structure(jsonutil.loads(item.payload_json))
-        except Exception as exc:
-            return _failed_row(run, item, ItemFailed("invalid_item", str(exc)), 1)
-        attempt = 0
-        while True:
-            attempt += 1
-            ctx = ItemContext(run.job_id, item.index, attempt)
-            result = await self._attempt(op, (value, ctx))
-            if _should_retry(op, result, attempt) and not run.stopping:
-                await asyncio.sleep(op.options.retry.backoff_s(attempt))
-                continue
-            return _row(run, item, _final(op, result, attempt), attempt)
-
-    async def _run_batch(
-        self, run: JobRun, op: Operation, chunk: Sequence[WorkItem]
-    ) -> list[OutcomeRow]:
-        rows: list[OutcomeRow] = []
-        good: list[tuple[WorkItem, Any]] = []
-        for item in chunk:
-            try:
-                good.append((item, op.validator.structure(jsonutil.loads(item.payload_json))))
-            except Exception as exc:
-                rows.append(_failed_row(run, item, ItemFailed("invalid_item", str(exc)), 1))
-        attempt = 0
-        while good and not run.stopping:
-            attempt += 1
-            ctx = BatchContext(
-                run.job_id, tuple(ItemContext(run.job_id, w.index, attempt) for w, _ in good)
-            )
-            result = await self._attempt(op, ([v for _, v in good], ctx))
-            if _should_retry(op, result, attempt):
-                await asyncio.sleep(op.options.retry.backoff_s(attempt))
-                continue
-            rows.extend(_batch_rows(run, good, _final(op, result, attempt), attempt))
-            break
-        return rows
-
-    async def _attempt(self, op: Operation, args: tuple[Any, ...]) -> Attempt:
-        timeout_s = op.options.timeout_s
-        try:
-            if timeout_s is None:  # the hot path: no timer per item
-                return ("ok", await call_handler(op.handler, op.is_async, *args))
-            async with asyncio.timeout(timeout_s) as scope:
-                return ("ok", await call_handler(op.handler, op.is_async, *args))
-        except ItemFailed as err:
-            return ("err", err)
-        except TimeoutError:
-            if timeout_s is not None and scope.expired():
-                return ("err", _Timeout(timeout_s))
-            return ("err", ItemFailed("internal_error", "TimeoutError raised by the handler"))
-        except Exception as exc:
-            logger.warning("operation %s handler raised %s", op.name, _describe(exc))
-            return ("err", ItemFailed("internal_error", _describe(exc)))
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # SystemExit, KeyboardInterrupt...: see module doc
-            logger.error("operation %s handler raised %s", op.name, _describe(exc))
-            return ("err", ItemFailed("internal_error", _describe(exc)))
-
-
-def _describe(exc: BaseException) -> str:
-    """`Type: message`, even for an exception whose `__str__` raises."""
-    try:
-        text = str(exc)
-    except Exception:
-        text = "<unprintable exception>"
-    return f"{type(exc).__name__}: {text}"
-
-
-def _should_retry(op: Operation, result: Attempt, attempt: int) -> bool:
-    kind, value = result
-    return kind == "err" and value.retryable and attempt < op.options.retry.max_attempts
-
-
-def _final(op: Operation, result: Attempt, attempt: int) -> Attempt:
-    kind, value = result
-    if kind == "err" and value.retryable and op.options.retry.max_attempts > 1:
-        msg = f"{value.code} after {attempt} attempts: {value.message}"
-        return ("err", ItemFailed("retries_exhausted", msg))
-    return result
-
-
-def _batch_rows(
-    run: JobRun, good: Sequence[tuple[WorkItem, Any]], result: Attempt, attempts: int
-) -> list[OutcomeRow]:
-    kind, value = result
-    items = [w for w, _ in good]
-    if kind == "err":
-        return [_failed_row(run, w, value, attempts) for w in items]
-    if not isinstance(value, list | tuple) or len(value) != len(items):
-        got = len(value) if isinstance(value, list | tuple) else type(value).__name__
-        err = ItemFailed(
-            "internal_error", f"batch handler returned {got} results for {len(items)} items"
-        )
-        return [_failed_row(run, w, err, attempts) for w in items]
-    return [
-        _failed_row(run, w, r, attempts)
-        if isinstance(r, ItemFailed)
-        else _row(run, w, ("ok", r), attempts)
-        for w, r in zip(items, value, strict=True)
-    ]
 
 
 def _broken_chunk() -> StopRequest:
