@@ -120,6 +120,7 @@ class SQLiteStore:
         self._writer: aiosqlite.Connection | None = None
         self._reader: Reader | None = None
         self._write_lock = asyncio.Lock()
+        self._unsettled = False  # a transaction ended without a settled commit/rollback
         self.webhooks = SQLiteWebhooks(self._txn, lambda: self._r)
 
     # -- lifecycle -------------------------------------------------------
@@ -160,16 +161,30 @@ class SQLiteStore:
 
     @asynccontextmanager
     async def _txn(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction, safe against cancellation at any of its awaits.
+
+        aiosqlite runs every queued call on its thread in order, even a call whose
+        awaiting coroutine was cancelled: a cancelled `BEGIN` still begins. So a
+        transaction that ends abnormally marks the connection unsettled, and the next
+        one first queues a rollback (a no-op outside a transaction) ahead of its own
+        `BEGIN`. Both are queued under the write lock, so the order is guaranteed.
+        """
         db = self._writer
         assert db is not None, "store is not open"
         async with self._write_lock:
-            await db.execute("BEGIN IMMEDIATE")
+            if self._unsettled:
+                await db.rollback()
+                self._unsettled = False
+            self._unsettled = True
             try:
+                await db.execute("BEGIN IMMEDIATE")
                 yield db
             except BaseException:
                 await asyncio.shield(db.rollback())
+                self._unsettled = False
                 raise
             await asyncio.shield(db.commit())
+            self._unsettled = False
 
     @property
     def _r(self) -> Reader:
