@@ -109,9 +109,9 @@ async def test_cancel_inside_the_body_rolls_back(store: SQLiteStore) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     await _works(store)
-    async with store._txn() as db:
-        async with db.execute("SELECT count(*) FROM purge_queue WHERE job_pk = 1") as cur:
-            assert (await cur.fetchone())[0] == 0, "the cancelled transaction was committed"
+    sql = "SELECT count(*) FROM purge_queue WHERE job_pk = 1"
+    async with store._txn() as db, db.execute(sql) as cur:
+        assert (await cur.fetchone())[0] == 0, "the cancelled transaction was committed"
 
 
 @pytest.mark.parametrize("delay_s", [0.0, 0.001, 0.005, 0.02])
