@@ -99,6 +99,7 @@ class WebhookDispatcher:
         self._seen_seq = -1
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._host_load: collections.Counter[str] = collections.Counter()
+        self._held: dict[int, float] = {}  # pk -> loop time before which it is not sent
         self.stats = DeliveryStats()
 
     def notify(self) -> None:
@@ -173,7 +174,7 @@ class WebhookDispatcher:
 
     def _maybe_start(self, session: aiohttp.ClientSession, m: Message) -> bool:
         host = str(URL(m.url).origin())
-        if m.pk in self._inflight or not self._free_slots():
+        if m.pk in self._inflight or not self._free_slots() or self._is_held(m.pk):
             return False
         if self._host_load[host] >= self.config.per_host:
             return False
@@ -197,14 +198,35 @@ class WebhookDispatcher:
         """How long to wait for a wake-up: until the next due message, or for a slot."""
         if not self._free_slots():
             return None  # a finishing delivery wakes us
-        upcoming = await self._store.next_due(len(self._inflight) + 1)
-        due = next((at for pk, at in upcoming if pk not in self._inflight), None)
+        upcoming = await self._store.next_due(len(self._inflight) + len(self._held) + 1)
+        skip = self._inflight.keys() | self._held.keys()
+        due = next((at for pk, at in upcoming if pk not in skip), None)
+        held_s = self._held_delay()
         if due is None:
-            return None
+            return held_s
         delay = (due - utcnow()).total_seconds()
         if delay <= 0 and not started:
-            return None  # due but held back by a per-host limit: wait for a finish
-        return min(max(delay, 0.0), _MAX_IDLE_S)
+            return held_s  # due but held back by a per-host limit: wait for a finish
+        return min(max(delay, 0.0), _MAX_IDLE_S, held_s if held_s is not None else _MAX_IDLE_S)
+
+    def _held_delay(self) -> float | None:
+        """Until the first held message may go again (expired holds are dropped)."""
+        now = asyncio.get_running_loop().time()
+        self._held = {pk: until for pk, until in self._held.items() if until > now}
+        return min(self._held.values()) - now if self._held else None
+
+    def _hold(self, pk: int) -> None:
+        delay_s = self.config.schedule[0] if self.config.schedule else _MAX_IDLE_S
+        self._held[pk] = asyncio.get_running_loop().time() + max(delay_s, 1.0)
+
+    def _is_held(self, pk: int) -> bool:
+        until = self._held.get(pk)
+        if until is None:
+            return False
+        if until > asyncio.get_running_loop().time():
+            return True
+        del self._held[pk]
+        return False
 
     async def _cancel_inflight(self) -> None:
         tasks = list(self._inflight.values())
@@ -217,11 +239,30 @@ class WebhookDispatcher:
     async def _deliver(self, session: aiohttp.ClientSession, m: Message) -> None:
         at = utcnow()
         started = time.perf_counter()
-        answer = await self._try(session, m)
+        answer = await self._guarded_try(session, m)
         duration_ms = int((time.perf_counter() - started) * 1000)
-        record = self._decide(m, Attempt(at, duration_ms, answer.status_code, answer.error), answer)
-        await self._store.record(m.pk, record)
+        attempt = Attempt(at, duration_ms, answer.status_code, answer.error)
+        try:
+            record = self._decide(m, attempt, answer)
+        except Exception:
+            logger.exception("webhook message %s: deciding the next attempt failed", m.id)
+            record = self._decide(m, attempt, _Answer(error="internal_error"))
+        try:
+            await self._store.record(m.pk, record)
+        except Exception:
+            # Not recorded, so the store still says "due now": hold it back in memory
+            # for the schedule's first delay rather than sending it again at once.
+            self._hold(m.pk)
+            raise
         self._count(record)
+
+    async def _guarded_try(self, session: aiohttp.ClientSession, m: Message) -> _Answer:
+        """One attempt; any exception is an answer like a network error (retry later)."""
+        try:
+            return await self._try(session, m)
+        except Exception as exc:
+            logger.exception("webhook message %s: delivery attempt crashed", m.id)
+            return _Answer(error=f"internal_error: {type(exc).__name__}")
 
     async def _try(self, session: aiohttp.ClientSession, m: Message) -> _Answer:
         try:
