@@ -8,6 +8,11 @@ import orjson
 
 JSONDecodeError = orjson.JSONDecodeError
 
+#: Deepest nesting accepted. orjson parses 1,024 levels but serializes only 255, so a
+#: deeper document would be accepted and then fail when stored or answered.
+MAX_DEPTH = 128
+_ENCODER_DEPTH = 254  # orjson.dumps raises "Recursion limit reached" beyond this
+
 
 def dumps(value: Any) -> bytes:
     """Serialize to compact UTF-8 JSON bytes (datetimes as RFC 3339)."""
@@ -21,8 +26,35 @@ def dumps_str(value: Any) -> str:
 
 
 def loads(data: bytes | str) -> Any:
-    """Parse JSON; raises `JSONDecodeError` (a `ValueError`) on bad input."""
-    return orjson.loads(data)
+    """Parse JSON; raises `JSONDecodeError` (a `ValueError`) on bad input, including
+    nesting deeper than `MAX_DEPTH`."""
+    value = orjson.loads(data)
+    if isinstance(value, list | dict) and _may_be_too_deep(data) and _too_deep(value):
+        raise JSONDecodeError(f"nested deeper than {MAX_DEPTH} levels", "", 0)
+    return value
+
+
+def _may_be_too_deep(data: bytes | str) -> bool:
+    """A cheap bound: fewer opening brackets than the limit cannot nest too deep."""
+    if isinstance(data, str):
+        return data.count("[") + data.count("{") > MAX_DEPTH
+    return data.count(b"[") + data.count(b"{") > MAX_DEPTH
+
+
+def _too_deep(value: Any) -> bool:
+    """True when containers nest deeper than `MAX_DEPTH`.
+
+    orjson's encoder stops at 254 levels, in C: wrapped in `254 - MAX_DEPTH` lists,
+    the value fails to encode exactly when it nests deeper than `MAX_DEPTH` (about
+    30 times faster than walking it in Python).
+    """
+    for _ in range(_ENCODER_DEPTH - MAX_DEPTH):
+        value = [value]
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        return "Recursion" in str(exc)
+    return False
 
 
 def raw_json(data: bytes | str) -> Any:

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 
 import attrs
 
+from .parsing import ascii_uint
+
 _LINE = re.compile(r"^(?P<tenant>[A-Za-z0-9_-]{1,64}):sha256:(?P<digest>[0-9a-f]{64})$")
 KEY_PREFIX = "bjk_"
 
@@ -48,10 +50,11 @@ class KeyRing:
 
     def tenant_for(self, key: str) -> str | None:
         """The tenant of a presented key, or None; constant time per configured key."""
-        digest = hash_key(key)
+        # surrogateescape: a header with non-UTF-8 bytes is a wrong key, not a crash
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest().encode()
         found = None
         for known, tenant in self.tenants_by_hash.items():
-            if hmac.compare_digest(known, digest):
+            if hmac.compare_digest(known.encode(), digest):
                 found = tenant
         return found
 
@@ -92,14 +95,18 @@ class TokenSigner:
     def check(self, token: str, job_id: str, now: float | None = None) -> str | None:
         """The tenant the token was issued for when valid for `job_id`, else None."""
         parts = token.split(".")
-        if len(parts) != 3 or not parts[0].isdigit():
+        expiry = ascii_uint(parts[0], max_digits=12) if len(parts) == 3 else None
+        if expiry is None or not parts[1].isascii():
             return None
-        expiry, tenant, mac = int(parts[0]), parts[1], parts[2]
+        tenant, mac = parts[1], parts[2]
         if expiry < (time.time() if now is None else now):
             return None
-        return tenant if hmac.compare_digest(mac, self._mac(job_id, tenant, expiry)) else None
+        # bytes: compare_digest refuses str with non-ASCII characters (a TypeError)
+        expected = self._mac(job_id, tenant, expiry).encode()
+        presented = mac.encode("utf-8", "surrogateescape")
+        return tenant if hmac.compare_digest(presented, expected) else None
 
     def _mac(self, job_id: str, tenant: str, expiry: int) -> str:
-        msg = f"events.{job_id}.{tenant}.{expiry}".encode()
+        msg = f"events.{job_id}.{tenant}.{expiry}".encode("utf-8", "surrogateescape")
         digest = hmac.new(self._secret, msg, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")

@@ -14,6 +14,7 @@ import attrs
 from .. import jsonutil
 from ..errors import BulkJobsError
 from ..itemtypes import pointer
+from ..parsing import ascii_uint
 from ..registry import Operation, Registry
 from ..store import NewItemRow
 from .webhooks.subscription import WebhookSpec, parse_webhook
@@ -176,8 +177,8 @@ def ndjson_to_body(raw: bytes, params: Mapping[str, str]) -> bytes:
 def _ndjson_options(params: Mapping[str, str]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for name, value in params.items():
-        if name in NDJSON_INT_PARAMS and value.isdigit():
-            options[name] = int(value)
+        if name in NDJSON_INT_PARAMS and ascii_uint(value) is not None:
+            options[name] = ascii_uint(value)
         elif name == "webhook":
             options[name] = {"url": value}
         elif name == "webhook_events":

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from ..errors import BulkJobsError
 from ..models import Job
+from ..parsing import ascii_decimal
 from .auth import tenant_of
 from .keys import ENGINE, SERVICE, SETTINGS
 from .representation import etag
@@ -56,11 +57,8 @@ def wait_seconds(request: web.Request) -> float:
     if raw is None:
         return 0.0
     limit = request.app[SETTINGS].long_poll_max_s
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= limit:  # also rejects nan
+    value = ascii_decimal(raw)
+    if value is None or value > limit:
         raise BulkJobsError(
             "invalid_request",
             f"`wait` must be a number of seconds from 0 to {limit:g}.",

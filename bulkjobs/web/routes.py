@@ -13,6 +13,7 @@ from multidict import MultiMapping
 from .. import jsonutil
 from ..errors import BulkJobsError
 from ..models import Job
+from ..parsing import ascii_uint
 from ..service.intake import ndjson_to_body
 from ..service.jobs import MAX_PAGE, THREAD_INTAKE_BYTES, Page
 from .auth import tenant_of
@@ -54,14 +55,14 @@ def _job_headers(request: web.Request, job: Job) -> dict[str, str]:
 
 def page_limit(query: MultiMapping[str]) -> int:
     """`?limit=` of a collection: 1 to MAX_PAGE, default 100."""
-    raw = query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    limit = ascii_uint(query.get("limit", "100"), max_digits=6)
+    if limit is None or not 1 <= limit <= MAX_PAGE:
         raise BulkJobsError(
             "invalid_request",
             f"`limit` must be an integer from 1 to {MAX_PAGE}.",
             parameter="limit",
         )
-    return int(raw)
+    return limit
 
 
 def _page_response(request: web.Request, page: Page[Any], data: list[Any]) -> web.Response:

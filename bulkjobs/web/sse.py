@@ -27,6 +27,7 @@ from aiohttp_sse import EventSourceResponse
 from .. import jsonutil
 from ..errors import BulkJobsError
 from ..models import Job
+from ..parsing import ascii_uint
 from ..service.events import EventHub, JobEvent, Subscription
 from .auth import tenant_of
 from .keys import ENGINE, SERVICE, SETTINGS, STREAMS
@@ -66,13 +67,14 @@ def last_event_id(request: web.Request) -> int | None:
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
+    seq = ascii_uint(raw)
+    if seq is None:
         raise BulkJobsError(
             "invalid_request",
             "`Last-Event-ID` must be a sequence number sent by this stream.",
             parameter="last_event_id",
         )
-    return int(raw)
+    return seq
 
 
 async def _stream(
