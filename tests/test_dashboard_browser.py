@@ -46,10 +46,22 @@ async def test_dashboard_submits_a_demo_job_and_follows_it_live(
             page = await browser.new_page(viewport={"width": 1280, "height": 800})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            # CSP violations (e.g. a style attribute) are reported as console errors
+            console: list[str] = []
+            page.on(
+                "console",
+                lambda m: (
+                    console.append(f"{m.text} {m.location.get('url')}")
+                    if m.type == "error" and not m.location.get("url", "").endswith("favicon.ico")
+                    else None
+                ),
+            )
             streams: list[str] = []
             page.on("request", lambda r: streams.append(r.url) if "/events" in r.url else None)
 
-            await page.goto(str(client.make_url("/")))
+            answer = await page.goto(str(client.make_url("/")))
+            assert answer is not None
+            assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
             await expect(page.locator("#jobs-empty")).to_be_visible()
             await page.select_option("#demo-operation", "sleep")
             await page.fill("#demo-items", "3000")
@@ -63,6 +75,8 @@ async def test_dashboard_submits_a_demo_job_and_follows_it_live(
             row = page.locator("#jobs-body tr").first
             await expect(row.locator("[data-role=status]")).to_have_text("completed")
             await expect(row.locator("[data-role=pct]")).to_have_text("100%")
+            fill = row.locator(".bar span")
+            assert await fill.evaluate("e => e.style.width") == "100%"
             # Every 100th item fails: 30 failures, paged 20 at a time.
             await expect(page.locator("#failures-body tr")).to_have_count(20)
             await page.click("#failures-more")
@@ -76,6 +90,7 @@ async def test_dashboard_submits_a_demo_job_and_follows_it_live(
 
     assert streams, "the page never opened an EventSource"
     assert errors == []
+    assert console == []
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
     assert client.app[ENGINE].hub.subscriber_count == 0  # the page closed its stream
 

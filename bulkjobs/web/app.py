@@ -15,6 +15,7 @@ from ..service.jobs import JobService
 from . import dashboard, docs, metrics, results, sse, webhooks
 from . import routes as job_routes
 from .auth import auth_middleware
+from .headers import add_security_headers
 from .keys import ENGINE, KEYRING, SERVICE, SETTINGS, SIGNER, STREAMS
 from .problems import problem_middleware
 from .representation import job_json
@@ -53,6 +54,7 @@ def create_app(
         for route in table:
             assert isinstance(route, web.RouteDef)
             app.router.add_route(route.method, settings.base_path + route.path, route.handler)
+    app.on_response_prepare.append(add_security_headers)
     app.cleanup_ctx.append(_engine_ctx)
     app.on_shutdown.append(_begin_drain)
     return app

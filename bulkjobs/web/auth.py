@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..errors import BulkJobsError
-from .keys import KEYRING, SETTINGS, SIGNER, TENANT
+from .keys import AUTHENTICATED, KEYRING, SETTINGS, SIGNER, TENANT
 
 DEFAULT_TENANT = "default"
 
@@ -71,6 +71,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request[TENANT] = DEFAULT_TENANT
     else:
         request[TENANT] = _authenticate(request)
+        request[AUTHENTICATED] = True
     return await handler(request)
 
 

@@ -18,3 +18,5 @@ KEYRING = web.AppKey("keyring", KeyRing)
 #: Per request: the authenticated tenant (set by the auth middleware).
 TENANT = web.RequestKey("tenant", str)
 SIGNER = web.AppKey("signer", TokenSigner)
+#: Per request: True when an API key or event token authenticated it.
+AUTHENTICATED = web.RequestKey("authenticated", bool)

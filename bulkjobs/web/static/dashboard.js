@@ -48,8 +48,10 @@ const time = (ts) => (ts ? new Date(ts).toLocaleTimeString() : "–");
 const shortId = (id) => `${id.slice(0, 8)}…${id.slice(-4)}`;
 
 function progressCell(job) {
-  const bar = el("div", { class: "bar" + (TERMINAL.has(job.status) ? " done" : "") },
-    el("span", { style: `width:${(job.progress || 0) * 100}%` }));
+  // CSSOM, not a style attribute: the page's Content-Security-Policy blocks those.
+  const fill = el("span");
+  fill.style.width = `${(job.progress || 0) * 100}%`;
+  const bar = el("div", { class: "bar" + (TERMINAL.has(job.status) ? " done" : "") }, fill);
   return el("div", { class: "progress" }, bar,
     el("span", { class: "pct", "data-role": "pct" }, pct(job)));
 }
