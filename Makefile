@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: serve test lint format bench catalog clean
+.PHONY: serve test lint format bench catalog chaos clean
 
 # `make serve` installs only what the service needs; the test tools (Playwright,
 # schemathesis, mypy, ...) come with the first `make test`.
@@ -39,6 +39,10 @@ format: $(DEV_STAMP)
 ## bench: the benchmarks of benchmarks/ (prints medians; takes a few minutes)
 bench: $(RUN_STAMP)
 	$(BIN)/python benchmarks/bench_core.py
+
+## chaos: kill -9 a real server 100 times under mixed load and check nothing is lost (~5 min; KILLS=, SEED=)
+chaos: $(DEV_STAMP)
+	$(BIN)/python -m tests.chaos --kills $(or $(KILLS),100) $(if $(SEED),--seed $(SEED))
 
 ## catalog: regenerate the README's error catalog from bulkjobs/errors.py
 catalog: $(DEV_STAMP)

@@ -4,7 +4,9 @@
 `record` appends `job_id:index` to the file named by `BULKJOBS_FAULT_LOG` (one
 O_APPEND write per run, so lines from killed processes are never torn or lost),
 then passes the `item` failpoint, then sleeps `ms`: counting the lines tells how
-often each item really ran, across kills and restarts.
+often each item really ran, across kills and restarts. An item with `"fail": true`
+is logged the same way, then fails with `requested_failure` (so a retry of the job's
+failures has something to retry).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from contextlib import asynccontextmanager
 
 import attrs
 
-from bulkjobs import ItemContext, Registry, failpoints
+from bulkjobs import ItemContext, ItemFailed, Registry, failpoints
 from bulkjobs.demo import registry as demo_registry
 from bulkjobs.registry import LifespanInfo
 
@@ -27,6 +29,7 @@ LOG_ENV = "BULKJOBS_FAULT_LOG"
 class RecordItem:
     ms: int = 0
     id: str | None = None
+    fail: bool = False
 
 
 class RunLog:
@@ -58,12 +61,19 @@ def registry() -> Registry:
     log = RunLog()
     reg.lifespan(log.lifespan)
 
-    @reg.operation("record", item_type=RecordItem, batch_size=20)
+    @reg.operation(
+        "record",
+        item_type=RecordItem,
+        batch_size=20,
+        item_error_codes={"requested_failure": "The item asked to fail (`fail: true`)."},
+    )
     async def record(item: RecordItem, ctx: ItemContext) -> dict[str, int]:
         log.append(f"{ctx.job_id}:{ctx.index}")
         failpoints.hit("item")  # crash tests: the item ran, its outcome is not stored
         if item.ms:
             await asyncio.sleep(item.ms / 1000)
+        if item.fail:
+            raise ItemFailed("requested_failure", f"item {ctx.index} asked to fail")
         return {"index": ctx.index}
 
     return reg
