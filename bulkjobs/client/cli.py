@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import jsonutil
+from ..csvcells import safe_cell
 from .api import BulkJobsClient
 from .errors import ApiError, ClientError, Unauthorized, WaitTimeout
 from .inputs import FORMATS, InputError, detect_format, failure_rows, read_items, write_csv
@@ -69,6 +70,12 @@ def _submit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, help="input format (default: from the file)")
     p.add_argument("--wait", action="store_true", help="follow the job to its end")
     p.add_argument("--failures", type=Path, metavar="OUT.csv", help="write failed items (--wait)")
+    p.add_argument(
+        "--csv-raw",
+        action="store_true",
+        help="write --failures cells as they are (by default a cell that starts with"
+        " = + - @ gets a ' in front, so spreadsheets do not run it as a formula)",
+    )
     p.add_argument("--ttl-seconds", type=int, help="keep the finished job this long")
     p.add_argument("--idempotency-key", help="default: a fresh random key")
     p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
@@ -221,6 +228,8 @@ async def _write_failures(
         async for r in client.results(job.id, status="failed", partial=True)
     }
     rows = list(failure_rows(read_items(path, fmt, schema), failures))
+    if not args.csv_raw:
+        rows = [{k: safe_cell(v) for k, v in row.items()} for row in rows]
     write_csv(args.failures, rows)
     return len(rows)
 

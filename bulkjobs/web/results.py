@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import jsonutil
+from ..csvcells import safe_cell
 from ..errors import BulkJobsError
 from ..models import Job
 from ..store.base import ResultRow
@@ -56,12 +57,13 @@ async def download_results(request: web.Request) -> web.StreamResponse:
         status=request.query.get("status"),
         partial=_flag(request.query.get("partial"), "partial"),
     )
+    raw_csv = _flag(request.query.get("csv_raw"), "csv_raw")
     resp = web.StreamResponse(headers=_download_headers(job, media, request))
     resp.content_type = media
     if media == CSV:
         resp.charset = "utf-8"
     await resp.prepare(request)
-    encode = encode_csv if media == CSV else encode_ndjson
+    encode = (encode_raw_csv if raw_csv else encode_csv) if media == CSV else encode_ndjson
     if media == CSV:
         await resp.write(encode_csv_header())
     try:
@@ -197,11 +199,30 @@ def encode_csv_header() -> bytes:
 
 
 def encode_csv(rows: list[ResultRow]) -> bytes:
-    """RFC 4180 rows (csv module quoting); `result` holds the item's result as JSON."""
+    """RFC 4180 rows (csv module quoting); `result` holds the item's result as JSON.
+
+    Cells that a spreadsheet would run as a formula get a `'` in front (OWASP);
+    `encode_raw_csv` (`?csv_raw=true`) leaves them as stored."""
+    return _encode_csv(rows, safe_cell)
+
+
+def encode_raw_csv(rows: list[ResultRow]) -> bytes:
+    """Like `encode_csv`, every cell as stored."""
+    return _encode_csv(rows, lambda cell: cell)
+
+
+def _encode_csv(rows: list[ResultRow], cell: Callable[[Any], Any]) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerows(
-        (idx, item_id or "", status, _text(result), code or "", message or "")
+        (
+            idx,
+            cell(item_id or ""),
+            status,
+            cell(_text(result)),
+            cell(code or ""),
+            cell(message or ""),
+        )
         for idx, item_id, status, result, code, message in rows
     )
     return buf.getvalue().encode()
