@@ -67,6 +67,7 @@ SERVE_FLAGS: list[tuple[str, str, str]] = [
         "webhook_progress_interval_s",
         "least time between job.progress webhooks",
     ),
+    ("--handler-threads", "handler_threads", "threads for sync handlers (0 = 2 x workers)"),
 ]
 
 #: Secrets are read from the environment only, never from the command line (ps shows it).

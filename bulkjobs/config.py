@@ -74,10 +74,17 @@ class Settings:
     min_free_disk_bytes: int = 100 * 1024 * 1024
     access_log: bool = True
     log_format: str = attrs.field(default="text", validator=attrs.validators.in_({"text", "json"}))
+    # sync handlers' thread pool; 0 = 2 x workers (at most `workers` calls run at once,
+    # the other half is headroom for threads stuck in handlers past their timeout)
+    handler_threads: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
     @property
     def queue_size(self) -> int:
         return self.queue_chunks or 2 * self.workers
+
+    @property
+    def handler_pool_size(self) -> int:
+        return self.handler_threads or 2 * self.workers
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -14,6 +14,8 @@ operation's `RetryPolicy`; any other exception fails the item as `internal_error
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -203,11 +205,25 @@ class Registry:
         return decorator
 
 
-async def call_handler(fn: Callable[..., Awaitable[T] | T], is_async: bool, *args: Any) -> T:
-    """Await an async handler, or run a sync one in a thread."""
+async def call_handler(
+    fn: Callable[..., Awaitable[T] | T],
+    is_async: bool,
+    *args: Any,
+    threads: concurrent.futures.Executor | None = None,
+) -> T:
+    """Await an async handler, or run a sync one in a thread (of `threads` when given)."""
     if is_async:
         return await fn(*args)  # type: ignore[no-any-return,misc]
-    return await asyncio.to_thread(fn, *args)  # type: ignore[arg-type]
+    if threads is None:
+        return await asyncio.to_thread(fn, *args)  # type: ignore[arg-type]
+    return await asyncio.wrap_future(submit_in_thread(threads, fn, *args))  # type: ignore[arg-type]
+
+
+def submit_in_thread(
+    threads: concurrent.futures.Executor, fn: Callable[..., T], *args: Any
+) -> concurrent.futures.Future[T]:
+    """Start `fn(*args)` on `threads` in a copy of the caller's context, as `to_thread` does."""
+    return threads.submit(contextvars.copy_context().run, fn, *args)
 
 
 def load_registry(spec: str) -> Registry:

@@ -6,14 +6,29 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from aiohttp.test_utils import TestClient
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
+from bulkjobs.config import Settings
 from bulkjobs.errors import CATALOG, catalog_markdown
+from bulkjobs.models import (
+    Job,
+    JobError,
+    JobStatus,
+    new_job_id,
+    utcnow,
+)
+from bulkjobs.registry import Registry
+from bulkjobs.service.webhooks import Delivery
+from bulkjobs.store.webhooks import Attempt, Message, MessageStatus, Subscription
+from bulkjobs.web.docs import error_type_json
 from bulkjobs.web.keys import ENGINE, SETTINGS
 from bulkjobs.web.openapi import build_document, mounted_routes
+from bulkjobs.web.representation import job_json
+from bulkjobs.web.webhooks import delivery_json, subscription_json
 from tests.support import submit, wait_terminal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,3 +149,48 @@ def test_every_setting_is_a_flag_or_documented_env_only() -> None:
 
     documented = {name for _, name, _ in SERVE_FLAGS} | {name for name, _ in ENV_ONLY}
     assert {f.name for f in attrs.fields(Settings)} == documented
+
+
+def _conforms(doc: dict[str, Any], name: str, instance: Any) -> bool:
+    schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
+    return Draft202012Validator(schema).is_valid(instance)
+
+
+def _wire_doc() -> dict[str, Any]:
+    return build_document(Settings(db_path="unused"), Registry())
+
+
+def test_job_representation_matches_its_wire() -> None:
+    doc = _wire_doc()
+    now = utcnow()
+    fresh = Job(new_job_id(), "noop", JobStatus.PENDING, 2)
+    error = JobError("too_many_failures", "m")
+    done = attrs.evolve(fresh, status=JobStatus.FAILED, failed=2, error=error)
+    done = attrs.evolve(done, started_at=now, completed_at=now, expires_at=now)
+    for job in (fresh, done):
+        assert _conforms(doc, "Job", job_json(job, "/api", events_token="t"))
+    assert set(job_json(done, "")) == set(doc["components"]["schemas"]["Job"]["properties"])
+
+
+async def test_item_representation_matches_its_wire(client: TestClient) -> None:
+    # item_json's input type is the store's business: check what it answers instead
+    body = await submit(client, "echo", [{"n": 1, "fail": "nope", "id": "a"}, {"n": 2}])
+    await wait_terminal(client, body["id"])
+    items = (await (await client.get(f"/bulk-jobs/{body['id']}/items")).json())["data"]
+    doc = _wire_doc()
+    assert all(_conforms(doc, "Item", item) for item in items)
+    assert set().union(*items) == set(doc["components"]["schemas"]["Item"]["properties"])
+
+
+def test_webhook_and_catalog_representations_match_their_wires() -> None:
+    doc, now = _wire_doc(), utcnow()
+    url = "https://example.com/hook"
+    pending = MessageStatus.PENDING
+    message = Message(1, "msg_1", 1, "job_1", "job.done", now, pending, 1, 0, now, None, url, b"")
+    attempts = [Attempt(now, 12, 500, "HTTP 500", now), Attempt(now, 3)]
+    assert _conforms(doc, "Delivery", delivery_json(Delivery(message, attempts), "/x"))
+    for gone in (None, now):
+        sub = Subscription(1, url, ("job.completed",), gone)
+        assert _conforms(doc, "WebhookState", subscription_json(sub))
+    for ptype in CATALOG.values():
+        assert _conforms(doc, "ErrorType", error_type_json(ptype, "/api"))

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..config import Settings
@@ -62,8 +63,18 @@ class Engine:
         )
         self.queue: asyncio.Queue[Chunk] = asyncio.Queue(settings.queue_size)
         self.scheduler = Scheduler(self.store, self.writer, self.queue, settings.load_page_items)
+        # Sync handlers' own pool: hung ones cannot starve the loop's default pool.
+        # Threads start lazily, on the first sync call; shut down in `stop`.
+        self.handler_threads = ThreadPoolExecutor(
+            settings.handler_pool_size, thread_name_prefix="bulkjobs-handler"
+        )
         self.workers = WorkerPool(
-            self.queue, self.scheduler, self.writer, settings.workers, self.metrics
+            self.queue,
+            self.scheduler,
+            self.writer,
+            settings.workers,
+            self.metrics,
+            self.handler_threads,
         )
         self.draining = False
         self._purge_wake = asyncio.Event()
@@ -178,6 +189,7 @@ class Engine:
         await self._wait_idle(self.settings.shutdown_grace_s)
         await _cancel_all(self._tasks)
         self._tasks.clear()
+        self.handler_threads.shutdown(wait=False, cancel_futures=True)  # hung ones run on
         await self._stop_writer()
         await self._lifespans.aclose()
         await self.store.close()

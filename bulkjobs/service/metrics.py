@@ -45,6 +45,11 @@ class Metrics:
             "bulkjobs_backlog_items", "Items accepted but not finished yet.", registry=r
         )
         self.workers_busy = Gauge("bulkjobs_workers_busy", "Workers working a chunk.", registry=r)
+        self.handler_threads_stuck = Gauge(
+            "bulkjobs_handler_threads_stuck",
+            "Handler threads still in a sync call nobody waits for (timed out, or worker stopped).",
+            registry=r,
+        )
         self.commit_rows = Histogram(
             "bulkjobs_commit_rows",
             "Item outcomes per group commit.",

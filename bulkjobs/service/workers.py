@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 
@@ -31,11 +32,12 @@ class WorkerPool:
         writer: ResultWriter,
         size: int,
         metrics: Metrics,
+        handler_threads: concurrent.futures.Executor,
     ) -> None:
         self._queue = queue
         self._scheduler = scheduler
         self._writer = writer
-        self._executor = Executor()
+        self._executor = Executor(handler_threads, metrics)
         self._metrics = metrics
         self.size = size
         self.busy = 0

@@ -5,10 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from ..models import ItemRecord, Job, format_ts
+from .schemas import Wire, ref
 
 #: Poll hints are kept between these bounds (seconds).
 MIN_RETRY_AFTER_S = 1
 MAX_RETRY_AFTER_S = 30
+
+
+#: The keys of `job_links`; `results.with_lineage` may add `LINEAGE_LINKS`.
+JOB_LINKS = ("self", "events", "items", "failures", "results", "cancel", "retry")
+LINEAGE_LINKS = ("retry_of", "retried_by")
+JOB_ID_PATTERN = "^job_[0-9a-z]{26}$"  # models.new_job_id
 
 
 def job_links(job: Job, base: str) -> dict[str, str]:
@@ -55,6 +62,27 @@ def job_json(job: Job, base: str, events_token: str | None = None) -> dict[str, 
     return body
 
 
+_COUNTERS = ("total_items", "processed", "succeeded", "failed", "cancelled")
+_TIMESTAMPS = (
+    *("created_at", "started_at", "completed_at", "updated_at"),
+    *("expires_at", "cancel_requested_at"),
+)
+
+#: What `job_json` shows of a `Job` and what it adds: the OpenAPI `Job` schema.
+JOB_WIRE = Wire(
+    Job,
+    ("id", "operation", "status", *_COUNTERS, "progress", *_TIMESTAMPS, "error"),
+    omit_none=frozenset({"error"}),
+    added={"links": ref("JobLinks"), "result_url": str},
+    optional=frozenset({"result_url"}),
+    refine={
+        "id": {"pattern": JOB_ID_PATTERN},
+        **{name: {"minimum": 0} for name in _COUNTERS},
+        "progress": {"minimum": 0, "maximum": 1},
+    },
+)
+
+
 def item_json(item: ItemRecord) -> dict[str, Any]:
     body: dict[str, Any] = {"index": item.index}
     if item.item_id is not None:
@@ -66,6 +94,17 @@ def item_json(item: ItemRecord) -> dict[str, Any]:
         body["error"] = {"code": item.error.code, "message": item.error.message}
     body["attempts"] = item.attempts
     return body
+
+
+#: What `item_json` shows of an item outcome (the domain `ItemRecord`; the store's `ItemRow`
+#: carries the same fields, encoded): the OpenAPI `Item` schema.
+ITEM_WIRE = Wire(
+    ItemRecord,
+    ("index", "item_id", "status", "result", "error", "attempts"),
+    rename={"item_id": "id"},
+    omit_none=frozenset({"item_id", "result", "error"}),
+    refine={"index": {"minimum": 0}, "attempts": {"minimum": 0}},
+)
 
 
 def etag(job: Job) -> str:
