@@ -39,7 +39,8 @@ class Settings:
     queue_chunks: int = 0  # 0 = 2 x workers
     commit_max_rows: int = 2000
     commit_linger_ms: float = 5.0
-    load_page_items: int = 2000
+    load_page_items: int = 2000  # items per lease (a claim), cut into batch_size chunks
+    lease_s: float = attrs.field(default=30.0, validator=attrs.validators.gt(1.0))
     # lifecycle
     shutdown_grace_s: float = 10.0
     cancel_wait_s: float = 5.0

@@ -156,6 +156,13 @@ CATALOG: dict[str, ProblemType] = {
             "The server is draining and takes no new jobs; retry against another instance.",
         ),
         ProblemType(
+            "service_degraded",
+            503,
+            "Service degraded",
+            "A background loop of this server died, so accepted work could not run; the"
+            " server takes no new jobs until it is restarted. `/readyz` names the loop.",
+        ),
+        ProblemType(
             "webhook_message_not_found",
             404,
             "Webhook message not found",

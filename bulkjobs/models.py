@@ -1,4 +1,4 @@
-"""Domain types: job and item states, their legal transitions, ids. No I/O here."""
+"""Domain types: job and item states, ids, records. No I/O here (transitions: states.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import enum
 import os
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -26,19 +26,6 @@ class JobStatus(enum.StrEnum):
 
 
 TERMINAL_JOB_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
-
-_JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.PENDING: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
-    JobStatus.RUNNING: TERMINAL_JOB_STATUSES,
-    JobStatus.COMPLETED: frozenset(),
-    JobStatus.FAILED: frozenset(),
-    JobStatus.CANCELLED: frozenset(),
-}
-
-
-def can_transition(current: JobStatus, target: JobStatus) -> bool:
-    """True when the job status machine allows `current -> target`."""
-    return target in _JOB_TRANSITIONS[current]
 
 
 class ItemStatus(enum.StrEnum):
@@ -114,6 +101,10 @@ class Job:
     seq: int = 0
     ttl_s: int = 7 * 24 * 3600
     pk: int = 0  # the store's key; 0 until stored
+    #: Failed items beyond which the job stops as `failed` (None: never).
+    max_failed: int | None = None
+    #: A terminal status asked for while items were still out (cancel, threshold).
+    stop_requested: JobStatus | None = None
 
     @property
     def processed(self) -> int:
@@ -151,13 +142,33 @@ class WorkItem:
     payload_json: str | bytes
 
 
-@attrs.frozen
-class Outcome:
-    """A finished item, on its way to the writer."""
+class NewItem(NamedTuple):
+    """One item of a new job."""
 
-    job_id: str
-    index: int
-    status: ItemStatus
-    result: Any = None
-    error: ItemError | None = None
-    attempts: int = 1
+    idx: int
+    item_id: str | None
+    payload_json: str
+
+
+class ItemOutcome(NamedTuple):
+    """A finished item as a worker hands it to the store (field order is the UPDATE's)."""
+
+    status: str
+    result_json: str | None
+    error_code: str | None
+    error_message: str | None
+    attempts: int
+    job_pk: int
+    idx: int
+
+
+class ItemRow(NamedTuple):
+    """One stored item outcome; `result_json` stays encoded (downloads stream it as is)."""
+
+    idx: int
+    item_id: str | None
+    status: str
+    result_json: str | None
+    error_code: str | None
+    error_message: str | None
+    attempts: int

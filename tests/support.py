@@ -28,11 +28,19 @@ class Gate:
         self.opened = asyncio.Event()
         self.entered = asyncio.Event()
         self.started = 0
+        self._more = asyncio.Event()
 
     async def wait(self) -> None:
         self.started += 1
         self.entered.set()
+        self._more.set()
         await self.opened.wait()
+
+    async def wait_started(self, n: int) -> None:
+        """Return once `n` items have entered the gate."""
+        while self.started < n:
+            self._more.clear()
+            await self._more.wait()
 
 
 def make_registry(gate: Gate | None = None) -> Registry:
@@ -89,7 +97,7 @@ async def wait_terminal(client: TestClient, job_id: str, timeout_s: float = 30) 
     engine = client.app[ENGINE]
     async with asyncio.timeout(timeout_s):
         while True:
-            job = await engine.store.get_job(job_id)
+            job = (await engine.store.find_job(job_id)).job
             assert job is not None, f"{job_id} vanished"
             if job.is_terminal:
                 return job

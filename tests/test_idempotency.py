@@ -63,7 +63,7 @@ async def test_keys_are_per_key_and_expire(make_client: Any) -> None:
 
 async def test_a_key_is_kept_for_a_day_by_default(client: TestClient) -> None:
     first = await (await post(client, "day")).json()
-    record = await client.app[ENGINE].store.get_idempotency("default", "day")
+    record = (await client.app[ENGINE].store.find_job(idempotency=("default", "day"))).idempotency
     assert record is not None and record.job_id == first["id"]
     assert record.expires_at - record.created_at >= timedelta(hours=24)
 

@@ -110,7 +110,7 @@ async def test_small_job_is_not_starved_by_a_big_one(make_client: Any) -> None:
     small = await submit(client, "noop", [{}] * 10)
     done = await wait_terminal(client, small["id"])
     assert done.status == "completed"
-    big_now = await client.app[ENGINE].store.get_job(big["id"])
+    big_now = (await client.app[ENGINE].store.find_job(big["id"])).job
     assert big_now is not None and big_now.processed < 50_000 / 2
     assert (await wait_terminal(client, big["id"], timeout_s=60)).succeeded == 50_000
 
@@ -121,8 +121,12 @@ async def test_concurrency_limit_per_operation(make_client: Any, gate: Any) -> N
     await submit(client, "gated", [{"n": i} for i in range(10)])
     await gate.entered.wait()
     engine = client.app[ENGINE]
-    for _ in range(50):  # give the scheduler every chance to over-dispatch
-        await asyncio.sleep(0)
+    async with asyncio.timeout(5):
+        await gate.wait_started(2)
+    # Every chance to over-dispatch: several claim rounds (each a store transaction).
+    for _ in range(5):
+        engine.dispatcher.wake()
+        await asyncio.sleep(0.02)
     assert gate.started == 2  # concurrency=2, although 6 workers are idle
     assert engine.workers.busy == 2
     gate.opened.set()

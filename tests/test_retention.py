@@ -30,7 +30,7 @@ async def problem(resp: Any, status: int, code: str) -> dict[str, Any]:
 
 async def purge_all(client: TestClient) -> None:
     store = client.app[ENGINE].store
-    while await store.purge_step():
+    while (await store.maintain(utcnow(), expire_jobs=0, purge_items=5000, keep_s=0)).purged:
         pass
 
 
@@ -45,8 +45,7 @@ async def test_expires_at_is_completion_plus_ttl_and_sent_as_expires(client: Tes
     job_id = await finished(client, ttl_seconds=3600)
     resp = await client.get(f"/bulk-jobs/{job_id}")
     body = await resp.json()
-    job = client.app[ENGINE].store
-    stored = await job.get_job(job_id)
+    stored = (await client.app[ENGINE].store.find_job(job_id)).job
     assert stored is not None and stored.completed_at is not None
     assert stored.expires_at == stored.completed_at + timedelta(seconds=3600)
     assert body["expires_at"].startswith(stored.expires_at.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -57,7 +56,7 @@ async def test_expires_at_is_completion_plus_ttl_and_sent_as_expires(client: Tes
 async def test_default_ttl_applies(make_client: Any) -> None:
     client = await make_client(default_ttl_s=120)
     job_id = await finished(client)
-    stored = await client.app[ENGINE].store.get_job(job_id)
+    stored = (await client.app[ENGINE].store.find_job(job_id)).job
     assert stored is not None and stored.ttl_s == 120
 
 

@@ -23,7 +23,7 @@ async def wait_running(client: TestClient, job_id: str) -> Job:
     engine = client.app[ENGINE]
     async with asyncio.timeout(10):
         while True:
-            job = await engine.store.get_job(job_id)
+            job = (await engine.store.find_job(job_id)).job
             assert job is not None
             if job.status.value == "running":
                 return job

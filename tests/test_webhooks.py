@@ -11,6 +11,7 @@ import aiosqlite
 import pytest
 
 from bulkjobs import ItemContext
+from bulkjobs.models import utcnow
 from bulkjobs.registry import Registry
 from bulkjobs.web.keys import ENGINE
 from tests.support import Value, make_registry, submit, wait_terminal
@@ -390,7 +391,8 @@ async def test_deleting_a_job_purges_its_delivered_webhook_rows(
     resp = await client.delete(f"/bulk-jobs/{job['id']}")
     assert resp.status == 204
     engine = client.app[ENGINE]
-    while await engine.store.purge_step():  # drive the purge to the end, as the purger does
+    # drive the purge to the end, as the purger does
+    while (await engine.store.maintain(utcnow(), expire_jobs=0, purge_items=5000, keep_s=0)).purged:
         pass
     async with aiosqlite.connect(db_path) as db:
         for table in ("webhook_subscriptions", "webhook_messages", "webhook_attempts", "items"):

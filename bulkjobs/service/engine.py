@@ -1,7 +1,11 @@
-"""The engine: owns the store, the writer, the scheduler, the workers and the hub,
-starts them in order, recovers unfinished jobs, and stops them in order.
+"""The engine: owns the store, the writer, the dispatcher, the workers and the hub,
+starts them in order under supervision, and stops them in order.
 
-Stop order (SIGTERM): stop dispatching → let chunks being worked finish within the
+The store is the authority: leases say which items are out and to whom, and every
+status change is a guarded transition in the store. What this process keeps in
+memory (the hub, the leases it works) is fed by committed changes only.
+
+Stop order (SIGTERM): stop claiming → let chunks being worked finish within the
 grace period → cancel what is left → flush the writer → close lifespans → close store.
 """
 
@@ -10,28 +14,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from ..config import Settings
-from ..models import Job, JobError, JobStatus
+from ..models import Job, JobError, JobStatus, utcnow
 from ..registry import LifespanInfo, Registry
-from ..store import Store, open_store
+from ..states import IllegalTransition
+from ..store import JobFilter, Store, open_store
+from ..store.base import Settled
+from .dispatcher import Chunk, DispatchConfig, Dispatcher, LeaseRun
 from .events import EventHub
 from .metrics import Metrics
 from .retention import Janitor
-from .scheduler import Chunk, Scheduler, StopRequest
+from .supervisor import Supervisor
 from .webhooks import DispatcherConfig, WebhookDispatcher
 from .webhooks.dispatcher import RenderJob, plain_job
 from .workers import WorkerPool
-from .writer import ResultWriter, Transition
+from .writer import ResultWriter
 
 logger = logging.getLogger(__name__)
 
-_PURGE_IDLE_S = 5.0
 #: Time the writer gets beyond the grace period to flush outcomes at shutdown.
 _FLUSH_EXTRA_S = 10.0
+_BROKEN = JobError(
+    "internal_error", "an internal error stopped the job; its unfinished items were cancelled"
+)
+#: Loops stopped before the workers drain; the writer stops after them.
+_INTAKE_LOOPS = ("dispatcher", "purger", "janitor", "webhooks")
+
+
+def new_owner_id() -> str:
+    """This process's name on the leases it holds: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
 
 
 class Engine:
@@ -52,17 +68,27 @@ class Engine:
             synchronous=settings.sqlite_synchronous,
             busy_timeout_ms=settings.busy_timeout_ms,
         )
+        self.owner = new_owner_id()
+        self.events_secret = b""
         self.metrics = Metrics()
         self.hub = EventHub(progress_interval_s=settings.progress_interval_ms / 1000)
+        self.supervisor = Supervisor()
         self.writer = ResultWriter(
             self.store,
-            self._on_commit,
+            self.owner,
+            self._on_settled,
             max_rows=settings.commit_max_rows,
             linger_ms=settings.commit_linger_ms,
             metrics=self.metrics,
         )
         self.queue: asyncio.Queue[Chunk] = asyncio.Queue(settings.queue_size)
-        self.scheduler = Scheduler(self.store, self.writer, self.queue, settings.load_page_items)
+        self.dispatcher = Dispatcher(
+            self.store,
+            registry,
+            self.queue,
+            DispatchConfig(self.owner, settings.lease_s, settings.load_page_items),
+            self.on_jobs,
+        )
         # Sync handlers' own pool: hung ones cannot starve the loop's default pool.
         # Threads start lazily, on the first sync call; shut down in `stop`.
         self.handler_threads = ThreadPoolExecutor(
@@ -70,112 +96,102 @@ class Engine:
         )
         self.workers = WorkerPool(
             self.queue,
-            self.scheduler,
             self.writer,
             settings.workers,
             self.metrics,
             self.handler_threads,
+            self._fail_broken,
         )
         self.draining = False
-        self._purge_wake = asyncio.Event()
-        self.janitor = Janitor(
-            self.store,
-            tombstone_s=settings.tombstone_s,
-            interval_s=settings.janitor_interval_s,
-            batch_jobs=settings.janitor_batch_jobs,
-            on_removed=self._on_removed,
-        )
+        self.janitor = Janitor(self.store, settings, on_removed=self._on_removed)
         self.webhooks = WebhookDispatcher(
             self.store.webhooks, DispatcherConfig.from_settings(settings), render_job
         )
         self.metrics.watch_webhooks(self.webhooks.stats)
         self._lifespans = contextlib.AsyncExitStack()
-        self._writer_task: asyncio.Task[None] | None = None
-        self._intake_tasks: list[asyncio.Task[None]] = []
-        self._tasks: list[asyncio.Task[None]] = []
 
     # -- start -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the store, enter lifespans, recover unfinished jobs, start the tasks."""
-        await self.store.open()
+        """Open the store, enter lifespans, fail orphaned jobs, start the loops."""
+        self.events_secret = await self.store.open()
         info = LifespanInfo(db_path=self.settings.db_path)
         for lifespan in self.registry.lifespans:
             await self._lifespans.enter_async_context(lifespan(info))
-        self._writer_task = self._spawn(self.writer.run(), "bulkjobs-writer")
-        await self._recover()
-        self._intake_tasks = [
-            self._spawn(self.scheduler.run(), "bulkjobs-scheduler"),
-            self._spawn(self._purge_loop(), "bulkjobs-purger"),
-            self._spawn(self.janitor.run(), "bulkjobs-janitor"),
-            # Stopped first too: undelivered messages stay in the outbox for the next start.
-            self._spawn(self.webhooks.run(), "bulkjobs-webhooks"),
-        ]
-        self._tasks = [
-            self._spawn(self.workers.run_worker(), f"bulkjobs-worker-{i}")
-            for i in range(self.workers.size)
-        ]
+        await self._fail_unknown_operations()
+        sup = self.supervisor
+        sup.start("writer", self.writer.run)
+        sup.start("dispatcher", self.dispatcher.run)
+        sup.start("leases", self._keep_leases)
+        sup.start("purger", self.janitor.run_purger)
+        sup.start("janitor", self.janitor.run)
+        # Stopped first too: undelivered messages stay in the outbox for the next start.
+        sup.start("webhooks", self.webhooks.run)
+        for i in range(self.workers.size):
+            sup.start(f"worker-{i}", self.workers.run_worker)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)
-        task.add_done_callback(_log_crash)
-        return task
+    async def _fail_unknown_operations(self) -> None:
+        """A job whose operation is no longer registered cannot start: it fails."""
+        known = {op.name for op in self.registry.operations}
+        active = await self.store.list_jobs(JobFilter(active=True), before_pk=None, limit=10**9)
+        for job in active:
+            if job.operation not in known:
+                msg = f"operation {job.operation!r} is not registered"
+                error = JobError("unknown_operation", msg)
+                self.on_jobs([await self.store.stop(job.pk, JobStatus.FAILED, utcnow(), error)])
+        if active:
+            logger.info("%d unfinished jobs resume", len(active))
 
-    async def _recover(self) -> None:
-        jobs = await self.store.unfinished_jobs()
-        for job in jobs:
-            await self._resume(job)
-        if jobs:
-            logger.info("resumed %d unfinished jobs", len(jobs))
+    async def _keep_leases(self) -> None:
+        """Renew our leases well before they expire; stop work on jobs asked to stop."""
+        lease_s = self.settings.lease_s
+        while True:
+            beat = await self.store.heartbeat(self.owner, lease_s=lease_s, now=utcnow())
+            if beat.stopping:
+                self.dispatcher.stop_jobs(beat.stopping)
+            await asyncio.sleep(lease_s / 3)
 
-    async def _resume(self, job: Job) -> None:
-        op = self.registry.get(job.operation)
-        if op is None:
-            error = JobError("unknown_operation", f"operation {job.operation!r} is not registered")
-            await self.writer.put(Transition(job.pk, JobStatus.FAILED, error, cancel_pending=True))
-            return
-        run = self.scheduler.admit(job, op)
-        if job.cancel_requested_at is not None:
-            self.scheduler.request_stop(run, StopRequest(JobStatus.CANCELLED))
+    # -- committed changes -------------------------------------------------
 
-    # -- commit callback ---------------------------------------------------
-
-    def _on_commit(self, jobs: list[Job]) -> None:
-        self.webhooks.notify()  # wakes the dispatcher only when the outbox grew
+    def on_jobs(self, jobs: list[Job]) -> None:
+        """Committed job changes: announce them, and stop local work on stopping jobs."""
+        stopping = []
         for job in jobs:
             self.hub.publish(job)
             if job.is_terminal:
-                self.scheduler.forget(job)
                 _log_finished(job)
+            elif job.stop_requested is not None:
+                stopping.append(job.pk)
+        if stopping:
+            self.dispatcher.stop_jobs(stopping)
 
-    # -- purge -------------------------------------------------------------
+    def _on_settled(self, settled: Settled, released: list[LeaseRun]) -> None:
+        if settled.outbox_grew:
+            self.webhooks.notify()
+        for run in released:
+            self.dispatcher.settled(run)
+        self.dispatcher.lost(settled.lost_leases)
+        self.on_jobs(settled.jobs)
 
-    def wake_purger(self) -> None:
-        self._purge_wake.set()
+    async def _fail_broken(self, run: LeaseRun) -> None:
+        with contextlib.suppress(IllegalTransition):
+            job = await self.store.stop(run.pk, JobStatus.FAILED, utcnow(), _BROKEN)
+            self.on_jobs([job])
 
     def _on_removed(self, job: Job) -> None:
         self.hub.forget(job.id)
-        self.wake_purger()
 
-    async def _purge_loop(self) -> None:
-        while True:
-            removed = await self.store.purge_step(self.settings.purge_batch_items)
-            if removed:
-                # A short pause, not just a yield: the writer gets the lock between batches.
-                await asyncio.sleep(self.settings.purge_pause_ms / 1000)
-                continue
-            self._purge_wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_PURGE_IDLE_S):
-                    await self._purge_wake.wait()
+    # -- health and stop -----------------------------------------------------
 
-    # -- stop --------------------------------------------------------------
+    @property
+    def dead_loops(self) -> dict[str, str]:
+        """Background loops that died for good, with why."""
+        return dict(self.supervisor.dead)
 
     @property
     def alive(self) -> bool:
-        """True while every background task is still running."""
-        tasks = [self._writer_task, *self._intake_tasks, *self._tasks]
-        return all(t is not None and not t.done() for t in tasks)
+        """True while every background loop still runs."""
+        return not self.supervisor.dead
 
     def begin_drain(self) -> None:
         """Refuse new jobs and close event streams; processing goes on until `stop`."""
@@ -185,18 +201,19 @@ class Engine:
     async def stop(self) -> None:
         """Drain in order; see module doc. Safe to call once."""
         self.begin_drain()
-        await _cancel_all(self._intake_tasks)
+        await self.supervisor.stop(*_INTAKE_LOOPS)
         await self._wait_idle(self.settings.shutdown_grace_s)
-        await _cancel_all(self._tasks)
-        self._tasks.clear()
+        workers = [n for n in self.supervisor.names if n.startswith("worker-")]
+        await self.supervisor.stop(*workers)
         self.handler_threads.shutdown(wait=False, cancel_futures=True)  # hung ones run on
         await self._stop_writer()
+        await self.supervisor.stop()
         await self._lifespans.aclose()
         await self.store.close()
 
     async def _stop_writer(self) -> None:
         """Let the writer flush what is queued; cancel it if it cannot within the grace."""
-        task = self._writer_task
+        task = self.supervisor.task("writer")
         if task is None:
             return
         try:
@@ -208,11 +225,10 @@ class Engine:
             logger.error("the writer did not flush in time; unflushed items rerun next start")
         except Exception:
             logger.exception("the writer had stopped with an error")
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await self.supervisor.stop("writer")
 
     async def _wait_idle(self, grace_s: float) -> None:
-        self._drop_queued_chunks()
+        self.dispatcher.drop_queued()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace_s):
                 await self.workers.wait_idle()
@@ -220,22 +236,6 @@ class Engine:
             logger.warning(
                 "%d workers still busy after %.1fs; cancelling", self.workers.busy, grace_s
             )
-
-    def _drop_queued_chunks(self) -> None:
-        # Queued chunks have not started: their items stay pending and resume next start.
-        while not self.queue.empty():
-            run, _chunk = self.queue.get_nowait()
-            self.queue.task_done()
-            run.in_flight -= 1
-
-
-async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    for task, result in zip(tasks, results, strict=True):
-        if isinstance(result, Exception):
-            logger.error("task %s ended with %r", task.get_name(), result)
 
 
 def _log_finished(job: Job) -> None:
@@ -248,8 +248,3 @@ def _log_finished(job: Job) -> None:
         job.cancelled,
         extra={"event": "job.finished", "job_id": job.id, "tenant": job.tenant},
     )
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("background task %s crashed", task.get_name(), exc_info=task.exception())

@@ -164,7 +164,13 @@ class EventHub:
         self._flush_timers: dict[str, asyncio.TimerHandle] = {}
 
     def publish(self, job: Job) -> JobEvent:
-        """Record a committed change of `job` and hand it to every subscriber."""
+        """Record a committed change of `job` and hand it to every subscriber.
+
+        A change older than the newest one seen (a lower `seq`) is ignored: commits
+        reach the hub from several paths, and only the newest state counts."""
+        latest = self.latest(job.id)
+        if latest is not None and latest.seq >= job.seq:
+            return latest
         previous = self._last_status.get(job.id)
         kind = "status" if previous != job.status.value else "progress"
         self._last_status[job.id] = job.status.value

@@ -32,11 +32,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from .. import jsonutil
-from ..models import ItemStatus, WorkItem
+from ..models import ItemOutcome, WorkItem
 from ..registry import BatchContext, ItemContext, ItemFailed, Operation, submit_in_thread
-from ..store import OutcomeRow
+from .dispatcher import LeaseRun
 from .metrics import Metrics
-from .scheduler import JobRun
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ class _Timeout(ItemFailed):
         super().__init__("timeout", f"the handler did not finish within {timeout_s:g}s")
 
 
-def _row(run: JobRun, item: WorkItem, attempt: Attempt, attempts: int) -> OutcomeRow:
+def _row(run: LeaseRun, item: WorkItem, attempt: Attempt, attempts: int) -> ItemOutcome:
     kind, value = attempt
     if kind == "ok":
         try:
@@ -65,13 +64,13 @@ def _row(run: JobRun, item: WorkItem, attempt: Attempt, attempts: int) -> Outcom
             return _failed_row(
                 run, item, ItemFailed("internal_error", f"bad result: {exc}"), attempts
             )
-        return (ItemStatus.SUCCEEDED.value, result, None, None, attempts, run.pk, item.index)
+        return ItemOutcome("succeeded", result, None, None, attempts, run.pk, item.index)
     return _failed_row(run, item, value, attempts)
 
 
-def _failed_row(run: JobRun, item: WorkItem, err: ItemFailed, attempts: int) -> OutcomeRow:
+def _failed_row(run: LeaseRun, item: WorkItem, err: ItemFailed, attempts: int) -> ItemOutcome:
     message = str(err.message)[:_MAX_MESSAGE]
-    return (ItemStatus.FAILED.value, None, err.code, message, attempts, run.pk, item.index)
+    return ItemOutcome("failed", None, err.code, message, attempts, run.pk, item.index)
 
 
 class Executor:
@@ -81,13 +80,13 @@ class Executor:
         self._threads = threads
         self._metrics = metrics
 
-    async def run_chunk(self, run: JobRun, chunk: Sequence[WorkItem]) -> list[OutcomeRow]:
+    async def run_chunk(self, run: LeaseRun, chunk: Sequence[WorkItem]) -> list[ItemOutcome]:
         op = run.operation
         if op.is_batch:
             return await self._run_batch(run, op, chunk)
         if not op.is_async and op.options.timeout_s is None:
             return await self._run_chunk_in_thread(run, chunk)
-        rows: list[OutcomeRow] = []
+        rows: list[ItemOutcome] = []
         clock = time.perf_counter
         yield_at = clock() + SLICE_S
         for item in chunk:
@@ -102,8 +101,8 @@ class Executor:
         return rows
 
     async def _run_chunk_in_thread(
-        self, run: JobRun, chunk: Sequence[WorkItem]
-    ) -> list[OutcomeRow]:
+        self, run: LeaseRun, chunk: Sequence[WorkItem]
+    ) -> list[ItemOutcome]:
         abandoned = threading.Event()
         try:
             return await self._in_thread(_run_items_sync, run, chunk, abandoned)
@@ -111,7 +110,7 @@ class Executor:
             abandoned.set()  # nobody waits for the rows: stop before the next item
             raise
 
-    async def _run_item(self, run: JobRun, op: Operation, item: WorkItem) -> OutcomeRow:
+    async def _run_item(self, run: LeaseRun, op: Operation, item: WorkItem) -> ItemOutcome:
         try:
             value = op.validator.structure(jsonutil.loads(item.payload_json))
         except Exception as exc:
@@ -127,9 +126,9 @@ class Executor:
             return _row(run, item, _final(op, result, attempt), attempt)
 
     async def _run_batch(
-        self, run: JobRun, op: Operation, chunk: Sequence[WorkItem]
-    ) -> list[OutcomeRow]:
-        rows: list[OutcomeRow] = []
+        self, run: LeaseRun, op: Operation, chunk: Sequence[WorkItem]
+    ) -> list[ItemOutcome]:
+        rows: list[ItemOutcome] = []
         good: list[tuple[WorkItem, Any]] = []
         for item in chunk:
             try:
@@ -192,11 +191,11 @@ class Executor:
 
 
 def _run_items_sync(
-    run: JobRun, chunk: Sequence[WorkItem], abandoned: threading.Event
-) -> list[OutcomeRow]:
+    run: LeaseRun, chunk: Sequence[WorkItem], abandoned: threading.Event
+) -> list[ItemOutcome]:
     """The chunk loop of a sync operation without timeout, run in one handler thread."""
     op = run.operation
-    rows: list[OutcomeRow] = []
+    rows: list[ItemOutcome] = []
     for item in chunk:
         # `stopping` is a plain attribute read: safe from this thread, seen at once
         if run.stopping or abandoned.is_set():
@@ -206,8 +205,8 @@ def _run_items_sync(
 
 
 def _run_item_sync(
-    run: JobRun, op: Operation, item: WorkItem, abandoned: threading.Event
-) -> OutcomeRow:
+    run: LeaseRun, op: Operation, item: WorkItem, abandoned: threading.Event
+) -> ItemOutcome:
     try:
         value = op.validator.structure(jsonutil.loads(item.payload_json))
     except Exception as exc:
@@ -265,8 +264,8 @@ def _final(op: Operation, result: Attempt, attempt: int) -> Attempt:
 
 
 def _batch_rows(
-    run: JobRun, good: Sequence[tuple[WorkItem, Any]], result: Attempt, attempts: int
-) -> list[OutcomeRow]:
+    run: LeaseRun, good: Sequence[tuple[WorkItem, Any]], result: Attempt, attempts: int
+) -> list[ItemOutcome]:
     kind, value = result
     items = [w for w, _ in good]
     if kind == "err":

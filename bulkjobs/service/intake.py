@@ -14,9 +14,9 @@ import attrs
 from .. import jsonutil
 from ..errors import BulkJobsError
 from ..itemtypes import pointer
+from ..models import NewItem
 from ..parsing import ascii_uint
 from ..registry import Operation, Registry
-from ..store import NewItemRow
 from .webhooks.subscription import WebhookSpec, parse_webhook
 
 MAX_LISTED_ERRORS = 100
@@ -36,7 +36,7 @@ class Submission:
     """A validated job, ready to be stored."""
 
     operation: Operation
-    rows: list[NewItemRow]
+    rows: list[NewItem]
     ttl_s: int
     webhook: WebhookSpec | None = None
 
@@ -110,8 +110,8 @@ def _items_list(items: Any, op: Operation, limits: IntakeLimits) -> list[Any]:
     return items
 
 
-def _rows(op: Operation, items: list[Any]) -> list[NewItemRow]:
-    rows: list[NewItemRow] = []
+def _rows(op: Operation, items: list[Any]) -> list[NewItem]:
+    rows: list[NewItem] = []
     errors: list[dict[str, str]] = []
     # str, not bytes: orjson's bytes keep a ~4 KiB allocation each (400 MB per 100k items)
     structure, dumps = op.validator.structure, jsonutil.dumps_str
@@ -122,7 +122,7 @@ def _rows(op: Operation, items: list[Any]) -> list[NewItemRow]:
             _collect(op, idx, item, errors)
             continue
         if not errors:
-            rows.append((idx, _item_id(item), dumps(item)))
+            rows.append(NewItem(idx, _item_id(item), dumps(item)))
     if errors:
         raise invalid(
             errors,

@@ -16,17 +16,17 @@ from typing import Generic, TypeVar
 import attrs
 
 from ..errors import BulkJobsError
-from ..models import ItemRecord, ItemStatus, Job, JobStatus, new_job_id, utcnow
+from ..models import ItemRow, ItemStatus, Job, JobStatus, new_job_id, utcnow
 from ..registry import Operation
-from ..store import JobFilter
-from ..store.base import ResultRow
+from ..states import IllegalTransition
+from ..store import JobFilter, NewJob
+from ..store.base import IdempotencyRecord
 from .engine import Engine
 from .idempotency import check_key, matching_job_id, new_record, request_hash
 from .intake import IntakeLimits, Submission, parse_body, prepare
 from .limits import DiskGuard, RateLimiter, check_active_jobs
 from .results import parse_status_filter, require_downloadable, result_pages
 from .retention import missing_job
-from .scheduler import StopRequest
 from .webhooks import WebhookService
 
 T = TypeVar("T")
@@ -88,20 +88,24 @@ class JobService:
     # -- submit ------------------------------------------------------------
 
     async def submit(self, raw: bytes, tenant: str) -> Job:
-        """Validate, store durably, admit to the scheduler; return the pending job."""
+        """Validate, store durably, wake the dispatcher; return the pending job."""
         self._check_admission(tenant)
         sub = await self._prepare(raw)
-        n = len(sub.rows)
-        self._reserve(n, tenant)
-        try:
-            return await self._store_and_admit(sub, tenant)
-        finally:
-            self._release(n, tenant)
+        job = _new_job(sub.operation, len(sub.rows), tenant, sub.ttl_s)
+        hook = await self.webhooks.vet(sub.webhook)
+        return await self._create(NewJob(job, sub.rows, hook))
 
     def _check_admission(self, tenant: str) -> None:
-        """Cheap checks before any parsing: draining, submit rate, disk space."""
+        """Cheap checks before any parsing: draining, health, submit rate, disk space."""
         if self.engine.draining:
             raise BulkJobsError("shutting_down", "The server is shutting down.", retry_after_s=5)
+        if not self.engine.alive:
+            dead = ", ".join(sorted(self.engine.dead_loops))
+            raise BulkJobsError(
+                "service_degraded",
+                f"The server cannot run new jobs: its {dead} loop stopped.",
+                retry_after_s=30,
+            )
         self._rate.take(tenant)
         self._disk.check()
 
@@ -114,11 +118,13 @@ class JobService:
 
         return await asyncio.to_thread(work)
 
-    def _reserve(self, n: int, tenant: str) -> None:
-        """Hold room for a job of n items until it is admitted (or refused)."""
-        active = self.engine.scheduler.active_for(tenant) + self._reserved_jobs[tenant]
+    async def _create(self, new: NewJob) -> Job:
+        """Admit against committed counts plus submits in flight here, then store."""
+        n, tenant = new.job.total_items, new.job.tenant
+        stats = await self.engine.store.stats(tenant)
+        active = stats.tenant_active_jobs + self._reserved_jobs[tenant]
         check_active_jobs(active, self.engine.settings.max_active_jobs)
-        backlog = self.engine.scheduler.backlog_items + self._reserved_items
+        backlog = stats.backlog_items + self._reserved_items
         if backlog + n > self.engine.settings.max_pending_items:
             raise BulkJobsError(
                 "server_busy",
@@ -127,6 +133,14 @@ class JobService:
             )
         self._reserved_items += n
         self._reserved_jobs[tenant] += 1
+        try:
+            created = await self.engine.store.create_job(new)
+        finally:
+            self._release(n, tenant)
+        if created.job is None:
+            raise _Twin(created.existing)
+        self._accept(created.job)
+        return created.job
 
     def _release(self, n: int, tenant: str) -> None:
         self._reserved_items -= n
@@ -134,31 +148,15 @@ class JobService:
         if not self._reserved_jobs[tenant]:
             del self._reserved_jobs[tenant]
 
-    async def _store_and_admit(self, sub: Submission, tenant: str) -> Job:
-        now = utcnow()
-        job = Job(
-            id=new_job_id(),
-            operation=sub.operation.name,
-            status=JobStatus.PENDING,
-            total_items=len(sub.rows),
-            tenant=tenant,
-            created_at=now,
-            updated_at=now,
-            ttl_s=sub.ttl_s,
-            seq=1,
-        )
-        hook = await self.webhooks.vet(sub.webhook)
-        pk = await self.engine.store.create_job(job, sub.rows, hook)
-        job = attrs.evolve(job, pk=pk)
-        self._accept(job, sub.operation)
-        return job
-
     # -- read --------------------------------------------------------------
 
     async def get(self, job_id: str, tenant: str) -> Job:
-        job = await self.engine.store.get_job(job_id)
+        found = await self.engine.store.find_job(job_id)
+        job = found.job
         if job is None or job.tenant != tenant:
-            raise await missing_job(self.engine.store, job_id, tenant)
+            raise missing_job(job_id, tenant, found.tombstone)
+        if not job.is_terminal:
+            self._retry_of[job.id] = found.retry_of
         return job
 
     async def list_jobs(
@@ -186,7 +184,7 @@ class JobService:
         status: str | None = None,
         cursor: str | None = None,
         limit: int = 100,
-    ) -> Page[ItemRecord]:
+    ) -> Page[ItemRow]:
         job = await self.get(job_id, tenant)
         after = decode_cursor("i", cursor)
         items = await self.engine.store.list_items(
@@ -197,31 +195,31 @@ class JobService:
         )
         more = len(items) > limit
         items = items[:limit]
-        return Page(items, encode_cursor("i", items[-1].index) if more else None)
+        return Page(items, encode_cursor("i", items[-1].idx) if more else None)
 
     # -- change ------------------------------------------------------------
 
     async def cancel(self, job_id: str, tenant: str) -> Job:
-        """Stop dispatching; items being worked finish, the rest become cancelled."""
+        """Stop the job: items being worked finish, the rest become cancelled."""
         job = await self.get(job_id, tenant)
         _require_active(job)
-        run = self.engine.scheduler.get(job.id)
-        if run is None:
-            raise BulkJobsError(
-                "shutting_down", "The job cannot be cancelled now.", retry_after_s=5
-            )
-        marked = await self.engine.store.request_cancel(job.pk, utcnow())
-        if marked is not None:
-            self.engine.hub.publish(marked)
-        self.engine.scheduler.request_stop(run, StopRequest(JobStatus.CANCELLED))
         try:
-            async with asyncio.timeout(self.engine.settings.cancel_wait_s):
-                final = await asyncio.shield(run.finished)
-        except TimeoutError:
-            return await self.get(job_id, tenant)  # still winding down: 202 to the client
-        if final.status is not JobStatus.CANCELLED:
-            _require_active(final)
-        return final
+            job = await self.engine.store.stop(job.pk, JobStatus.CANCELLED, utcnow())
+        except IllegalTransition:
+            _require_active(await self.get(job_id, tenant))
+            raise
+        self.engine.on_jobs([job])
+        self.engine.dispatcher.wake()
+        deadline = asyncio.get_running_loop().time() + self.engine.settings.cancel_wait_s
+        while not job.is_terminal:
+            left = deadline - asyncio.get_running_loop().time()
+            event = await self.engine.hub.wait_changed(job.id, job.seq, left) if left > 0 else None
+            if event is None:
+                return job  # still winding down: 202 to the client
+            job = event.job
+        if job.status is not JobStatus.CANCELLED:
+            _require_active(job)
+        return job
 
     async def delete(self, job_id: str, tenant: str) -> None:
         job = await self.get(job_id, tenant)
@@ -238,36 +236,27 @@ class JobService:
         key = check_key(key)
         digest = await asyncio.to_thread(request_hash, raw) if len(raw) > 1 << 20 else None
         digest = digest or request_hash(raw)
-        found = await self.engine.store.get_idempotency(tenant, key)
+        found = (await self.engine.store.find_job(idempotency=(tenant, key))).idempotency
         if found is not None and found.expires_at > utcnow():
             return await self.get(matching_job_id(found, digest), tenant), True
         self._check_admission(tenant)
         sub = await self._prepare(raw)
-        self._reserve(len(sub.rows), tenant)
+        job = _new_job(sub.operation, len(sub.rows), tenant, sub.ttl_s)
+        ttl_s = self.engine.settings.idempotency_ttl_s
+        record = new_record(tenant, key, digest, job.id, job.created_at, ttl_s)
+        hook = await self.webhooks.vet(sub.webhook)
         try:
-            job = _new_job(sub.operation.name, len(sub.rows), tenant, sub.ttl_s)
-            ttl_s = self.engine.settings.idempotency_ttl_s
-            record = new_record(tenant, key, digest, job.id, job.created_at, ttl_s)
-            hook = await self.webhooks.vet(sub.webhook)
-            found = await self.engine.store.create_job_once(job, sub.rows, record, hook)
-        finally:
-            self._release(len(sub.rows), tenant)
-        if found is not None:  # a concurrent twin stored it first
-            return await self.get(matching_job_id(found, digest), tenant), True
-        return await self._admit(record.job_id), False
+            return await self._create(NewJob(job, sub.rows, hook, record)), False
+        except _Twin as twin:  # a concurrent twin stored it first
+            return await self.get(matching_job_id(twin.record, digest), tenant), True
 
     async def retry(self, job_id: str, tenant: str) -> Job:
         """A new job of the same operation from the failed items of a finished job."""
         source = await self.get(job_id, tenant)
         op = self._retryable(source)
         self._check_admission(tenant)
-        self._reserve(source.failed, tenant)
-        try:
-            job = _new_job(op.name, source.failed, tenant, source.ttl_s)
-            await self.engine.store.create_retry_job(job, source)
-        finally:
-            self._release(source.failed, tenant)
-        return await self._admit(job.id)
+        job = _new_job(op, source.failed, tenant, source.ttl_s)
+        return await self._create(NewJob(job, retry_of=source))
 
     def _retryable(self, source: Job) -> Operation:
         if not source.is_terminal:
@@ -285,44 +274,36 @@ class JobService:
             raise BulkJobsError("shutting_down", "The server is shutting down.", retry_after_s=5)
         return op
 
-    def _accept(self, job: Job, op: Operation) -> None:
-        """A stored job goes live: announced, counted, scheduled."""
-        self.engine.hub.publish(job)
-        self.engine.metrics.jobs_submitted.labels(op.name).inc()
+    def _accept(self, job: Job) -> None:
+        """A stored job goes live: announced, counted, claimable."""
+        self.engine.on_jobs([job])
+        self.engine.metrics.jobs_submitted.labels(job.operation).inc()
         logger.info(
             "job %s accepted: %s, %d items",
             job.id,
-            op.name,
+            job.operation,
             job.total_items,
             extra={"event": "job.accepted", "job_id": job.id, "tenant": job.tenant},
         )
-        self.engine.scheduler.admit(job, op)
-
-    async def _admit(self, job_id: str) -> Job:
-        stored = await self.engine.store.get_job(job_id)
-        assert stored is not None, f"{job_id} vanished right after it was stored"
-        op = self.engine.registry.get(stored.operation)
-        assert op is not None
-        self._accept(stored, op)
-        return stored
+        self.engine.dispatcher.wake()
 
     async def lineage(self, job: Job) -> tuple[str | None, str | None]:
         """(the job this one retries, the newest job retrying this one)."""
-        scheduler = self.engine.scheduler
-        if job.is_terminal or scheduler.get(job.id) is None:
-            return await self.engine.store.retry_links(job.id)
         # Only a finished job can be retried, and what a job retries never changes: an
         # active job's lineage is read once, not on every poll (a store round trip is
         # the slow part of a poll while workers keep the loop busy).
-        if job.id not in self._retry_of:
-            if len(self._retry_of) > 2 * scheduler.active_jobs + 64:
-                self._retry_of = {k: v for k, v in self._retry_of.items() if scheduler.get(k)}
-            self._retry_of[job.id] = (await self.engine.store.retry_links(job.id))[0]
-        return self._retry_of[job.id], None
+        if not job.is_terminal and job.id in self._retry_of:
+            return self._retry_of[job.id], None
+        found = await self.engine.store.find_job(job.id)
+        if len(self._retry_of) > 4096:
+            self._retry_of.clear()
+        if not job.is_terminal:
+            self._retry_of[job.id] = found.retry_of
+        return found.retry_of, found.retried_by
 
     async def results(
         self, job_id: str, *, tenant: str, status: str | None, partial: bool
-    ) -> tuple[Job, AsyncGenerator[list[ResultRow], None]]:
+    ) -> tuple[Job, AsyncGenerator[list[ItemRow], None]]:
         """The job and an iterator of its outcome pages; checked before any byte is sent."""
         flt = parse_status_filter(status)
         job = await self.get(job_id, tenant)
@@ -330,11 +311,21 @@ class JobService:
         return job, result_pages(self.engine.store, job, flt)
 
 
-def _new_job(operation: str, total_items: int, tenant: str, ttl_s: int) -> Job:
+class _Twin(Exception):
+    """An `Idempotency-Key` already stored by a concurrent submit."""
+
+    def __init__(self, record: IdempotencyRecord | None) -> None:
+        super().__init__("idempotency key already used")
+        assert record is not None
+        self.record = record
+
+
+def _new_job(op: Operation, total_items: int, tenant: str, ttl_s: int) -> Job:
     now = utcnow()
+    ratio = op.options.max_failed_ratio
     return Job(
         id=new_job_id(),
-        operation=operation,
+        operation=op.name,
         status=JobStatus.PENDING,
         total_items=total_items,
         tenant=tenant,
@@ -342,6 +333,7 @@ def _new_job(operation: str, total_items: int, tenant: str, ttl_s: int) -> Job:
         updated_at=now,
         ttl_s=ttl_s,
         seq=1,
+        max_failed=None if ratio is None else int(ratio * total_items),
     )
 
 

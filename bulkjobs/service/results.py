@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 
 from ..errors import BulkJobsError
-from ..models import ItemStatus, Job
+from ..models import ItemRow, ItemStatus, Job
 from ..store import Store
-from ..store.base import ResultRow
 
 PAGE_ROWS = 2000
 
@@ -41,13 +40,13 @@ def require_downloadable(job: Job, partial: bool) -> None:
 
 async def result_pages(
     store: Store, job: Job, status: ItemStatus | None, page_rows: int = PAGE_ROWS
-) -> AsyncGenerator[list[ResultRow], None]:
+) -> AsyncGenerator[list[ItemRow], None]:
     """Pages of raw outcomes in request order, from the store's reader connection."""
     after = -1
     while True:
-        rows = await store.result_rows(job.pk, status=status, after_index=after, limit=page_rows)
+        rows = await store.list_items(job.pk, status=status, after_index=after, limit=page_rows)
         if rows:
             yield rows
         if len(rows) < page_rows:
             return
-        after = rows[-1][0]
+        after = rows[-1].idx

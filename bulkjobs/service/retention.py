@@ -14,31 +14,29 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from ..config import Settings
 from ..errors import BulkJobsError, job_not_found
 from ..models import Job, format_ts, utcnow
 from ..store import Store
+from ..store.base import Tombstone
 
 logger = logging.getLogger(__name__)
 
+_PURGE_IDLE_S = 5.0
+
 
 class Janitor:
-    """Sweeps expired jobs every `interval_s`; `sweep()` runs one pass (tests call it)."""
+    """Expires jobs every `janitor_interval_s` and purges removed jobs' items in batches;
+    `sweep()` runs one expiry pass (tests call it)."""
 
     def __init__(
-        self,
-        store: Store,
-        *,
-        tombstone_s: int,
-        interval_s: float,
-        batch_jobs: int,
-        on_removed: Callable[[Job], None],
+        self, store: Store, settings: Settings, *, on_removed: Callable[[Job], None]
     ) -> None:
         self.store = store
-        self.tombstone_s = tombstone_s
-        self.interval_s = interval_s
-        self.batch_jobs = batch_jobs
+        self.settings = settings
         self._on_removed = on_removed
         self._wake = asyncio.Event()
+        self._purge_wake = asyncio.Event()
         self._waiters: list[asyncio.Future[None]] = []
 
     def wake(self) -> None:
@@ -49,15 +47,12 @@ class Janitor:
         while True:
             self._wake.clear()  # cleared before the pass: a wake() during it is kept
             waiters, self._waiters = self._waiters, []
-            try:
-                await self.sweep()
-            except Exception:  # a failed sweep is retried next interval; the loop lives on
-                logger.exception("janitor sweep failed")
+            await self.sweep()
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval_s):
+                async with asyncio.timeout(self.settings.janitor_interval_s):
                     await self._wake.wait()
 
     async def wait_swept(self) -> None:
@@ -70,27 +65,53 @@ class Janitor:
     async def sweep(self, now: datetime | None = None) -> int:
         """Remove every job expired by `now`; return how many went."""
         now = now or utcnow()
-        removed = 0
-        while batch := await self.store.expired_jobs(now, self.batch_jobs):
-            for job in batch:
-                await self.remove(job, "expired", now)
-            removed += len(batch)
-        dropped = await self.store.sweep_records(now)
-        if removed or dropped:
-            logger.info("janitor removed %d expired jobs, %d old records", removed, dropped)
+        removed = swept = 0
+        while True:
+            done = await self.store.maintain(
+                now,
+                expire_jobs=self.settings.janitor_batch_jobs,
+                purge_items=0,
+                keep_s=self.settings.tombstone_s,
+            )
+            for job in done.expired:
+                self._removed(job)
+            removed += len(done.expired)
+            swept += done.swept
+            if len(done.expired) < self.settings.janitor_batch_jobs:
+                break
+        if removed or swept:
+            logger.info("janitor removed %d expired jobs, %d old records", removed, swept)
         return removed
 
     async def remove(self, job: Job, reason: str, now: datetime | None = None) -> None:
         """Delete one job now (items follow in batches) and leave its tombstone."""
         now = now or utcnow()
-        keep_until = now + timedelta(seconds=self.tombstone_s)
+        keep_until = now + timedelta(seconds=self.settings.tombstone_s)
         await self.store.remove_job(job, reason, now, keep_until)
+        self._removed(job)
+
+    def _removed(self, job: Job) -> None:
         self._on_removed(job)
+        self._purge_wake.set()
+
+    async def run_purger(self) -> None:
+        """Delete removed jobs' items in small batches, pausing so the writer gets turns."""
+        s = self.settings
+        while True:
+            done = await self.store.maintain(
+                utcnow(), expire_jobs=0, purge_items=s.purge_batch_items, keep_s=s.tombstone_s
+            )
+            if done.purged:
+                await asyncio.sleep(s.purge_pause_ms / 1000)
+                continue
+            self._purge_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_PURGE_IDLE_S):
+                    await self._purge_wake.wait()
 
 
-async def missing_job(store: Store, job_id: str, tenant: str) -> BulkJobsError:
+def missing_job(job_id: str, tenant: str, stone: Tombstone | None) -> BulkJobsError:
     """410 for a removed job still within its tombstone period, else 404."""
-    stone = await store.get_tombstone(job_id)
     if stone is None or stone.tenant != tenant or stone.keep_until <= utcnow():
         return job_not_found(job_id)
     verb = "expired and was removed" if stone.reason == "expired" else "was deleted"

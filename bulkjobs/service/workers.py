@@ -6,20 +6,18 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
-from ..models import ItemStatus, JobError, JobStatus, WorkItem
-from ..store import OutcomeRow
+from ..models import ItemOutcome, WorkItem
+from .dispatcher import Chunk, LeaseRun
 from .executor import Executor
 from .metrics import Metrics
-from .scheduler import Chunk, JobRun, Scheduler, StopRequest
-from .writer import Outcomes, ResultWriter
+from .writer import ChunkDone, ResultWriter
 
 logger = logging.getLogger(__name__)
 
-
-def _broken_chunk() -> StopRequest:
-    msg = "an internal error stopped the job; its unfinished items were cancelled"
-    return StopRequest(JobStatus.FAILED, JobError("internal_error", msg))
+#: Called when a chunk failed for a reason of ours: the job must not end `completed`.
+OnBroken = Callable[[LeaseRun], Awaitable[None]]
 
 
 class WorkerPool:
@@ -28,17 +26,17 @@ class WorkerPool:
     def __init__(
         self,
         queue: asyncio.Queue[Chunk],
-        scheduler: Scheduler,
         writer: ResultWriter,
         size: int,
         metrics: Metrics,
         handler_threads: concurrent.futures.Executor,
+        on_broken: OnBroken,
     ) -> None:
         self._queue = queue
-        self._scheduler = scheduler
         self._writer = writer
         self._executor = Executor(handler_threads, metrics)
         self._metrics = metrics
+        self._on_broken = on_broken
         self.size = size
         self.busy = 0
         self._idle = asyncio.Event()
@@ -54,35 +52,33 @@ class WorkerPool:
             run, chunk = await self._queue.get()
             self.busy += 1
             self._idle.clear()
-            failed = 0
             try:
-                failed = await self._work(run, chunk)
+                await self._work(run, chunk)
             except Exception:
                 # A bug of ours, not a handler's (those become item outcomes): the
                 # chunk's outcomes are unknown, so the job must not end `completed`.
                 logger.exception("worker failed on a chunk of %s", run.job_id)
-                self._scheduler.request_stop(run, _broken_chunk())
+                run.stopping = True
+                await self._writer.put(ChunkDone(run, []))
+                await self._on_broken(run)
             finally:
                 self.busy -= 1
                 if not self.busy:
                     self._idle.set()
-                self._scheduler.chunk_done(run, len(chunk), failed)
                 self._queue.task_done()
 
-    async def _work(self, run: JobRun, chunk: list[WorkItem]) -> int:
-        """Run the chunk and queue its outcomes; return how many items failed."""
-        if run.stopping:
-            return 0
+    async def _work(self, run: LeaseRun, chunk: list[WorkItem]) -> None:
+        """Run the chunk and queue its outcomes (none when its job is stopping)."""
+        rows: list[ItemOutcome] = []
         started = time.perf_counter()
-        rows = await self._executor.run_chunk(run, chunk)
-        if not rows:
-            return 0
-        ok = sum(1 for r in rows if r[0] == ItemStatus.SUCCEEDED.value)
-        await self._writer.put(Outcomes(run.pk, rows, ok, len(rows) - ok))
-        self._observe(run.operation.name, rows, ok, time.perf_counter() - started)
-        return len(rows) - ok
+        if not run.stopping:
+            rows = await self._executor.run_chunk(run, chunk)
+        await self._writer.put(ChunkDone(run, rows))
+        if rows:
+            self._observe(run.operation.name, rows, time.perf_counter() - started)
 
-    def _observe(self, operation: str, rows: list[OutcomeRow], ok: int, elapsed_s: float) -> None:
+    def _observe(self, operation: str, rows: list[ItemOutcome], elapsed_s: float) -> None:
+        ok = sum(1 for r in rows if r.status == "succeeded")
         m = self._metrics
         m.items.labels(operation, "succeeded").inc(ok)
         m.items.labels(operation, "failed").inc(len(rows) - ok)

@@ -1,8 +1,10 @@
-"""The results writer: the one task that writes item outcomes and job transitions.
+"""The results writer: the one task that settles chunk outcomes in the store.
 
 Entries arrive in order on a bounded queue; the writer takes whatever has piled up
-(up to `max_rows` outcome rows, lingering `linger_ms` for more) and writes it as one
-transaction, so counters always agree with items and a commit never serves one item.
+(up to `max_rows` outcome rows, lingering `linger_ms` for more) and settles it as one
+`Store.complete` transaction, so counters always agree with items and a commit never
+serves one item. It counts the chunks of each lease, so the store releases a lease
+with the result of its last chunk.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from ..models import Job, JobError, JobStatus, utcnow
-from ..store import JobChange, OutcomeRow, Store
+from ..models import ItemOutcome, utcnow
+from ..store import ChunkResult, Store
+from ..store.base import Settled
+from .dispatcher import LeaseRun
 from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -24,50 +28,11 @@ _RETRY_DELAY_S = 0.5
 
 
 @attrs.define
-class Outcomes:
-    """Outcome rows of one chunk of one job."""
+class ChunkDone:
+    """Outcomes of one chunk of a lease (empty when the chunk was stopped)."""
 
-    job_pk: int
-    rows: list[OutcomeRow]
-    succeeded: int
-    failed: int
-
-
-@attrs.define
-class Transition:
-    """A job status change; `done` resolves with the committed job."""
-
-    job_pk: int
-    status: JobStatus
-    error: JobError | None = None
-    cancel_pending: bool = False
-    done: asyncio.Future[Job] | None = None
-
-
-Entry = Outcomes | Transition
-
-
-@attrs.define
-class _Pending:
-    """Changes of one job accumulated inside one group commit."""
-
-    succeeded: int = 0
-    failed: int = 0
-    start: bool = False
-    status: JobStatus | None = None
-    error: JobError | None = None
-    cancel_pending: bool = False
-
-    def to_change(self, pk: int) -> JobChange:
-        return JobChange(
-            job_pk=pk,
-            succeeded=self.succeeded,
-            failed=self.failed,
-            start=self.start,
-            status=self.status,
-            error=self.error,
-            cancel_pending=self.cancel_pending,
-        )
+    run: LeaseRun
+    outcomes: list[ItemOutcome]
 
 
 @attrs.define
@@ -83,7 +48,8 @@ class ResultWriter:
     def __init__(
         self,
         store: Store,
-        on_commit: Callable[[list[Job]], None],
+        owner: str,
+        on_commit: Callable[[Settled, list[LeaseRun]], None],
         *,
         max_rows: int = 2000,
         linger_ms: float = 2.0,
@@ -92,21 +58,16 @@ class ResultWriter:
     ) -> None:
         self._metrics = metrics or Metrics()
         self._store = store
+        self._owner = owner
         self._on_commit = on_commit
         self._max_rows = max_rows
         self._linger_s = linger_ms / 1000
-        self._queue: asyncio.Queue[Entry | None] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[ChunkDone | None] = asyncio.Queue(queue_size)
         self.stats = CommitStats()
 
-    async def put(self, entry: Entry) -> None:
+    async def put(self, entry: ChunkDone) -> None:
         """Queue an entry; waits while the queue is full (backpressure on workers)."""
         await self._queue.put(entry)
-
-    async def transition(self, job_pk: int, status: JobStatus, **kw: object) -> Job:
-        """Queue a transition and wait until it is committed."""
-        done: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
-        await self.put(Transition(job_pk, status, done=done, **kw))  # type: ignore[arg-type]
-        return await done
 
     @property
     def backlog(self) -> int:
@@ -125,12 +86,12 @@ class ResultWriter:
             if closing:
                 return
 
-    async def _collect(self) -> tuple[list[Entry], bool]:
+    async def _collect(self) -> tuple[list[ChunkDone], bool]:
         first = await self._queue.get()
         if first is None:
             return [], True
-        batch: list[Entry] = [first]
-        rows = _size(first)
+        batch: list[ChunkDone] = [first]
+        rows = len(first.outcomes) + 1
         deadline = time.monotonic() + self._linger_s
         while rows < self._max_rows:
             entry = await self._next(deadline)
@@ -138,12 +99,12 @@ class ResultWriter:
                 break
             if entry is None:
                 return batch, True
-            assert isinstance(entry, Outcomes | Transition)
+            assert isinstance(entry, ChunkDone)
             batch.append(entry)
-            rows += _size(entry)
+            rows += len(entry.outcomes) + 1
         return batch, False
 
-    async def _next(self, deadline: float) -> Entry | object | None:
+    async def _next(self, deadline: float) -> ChunkDone | object | None:
         try:
             return self._queue.get_nowait()
         except asyncio.QueueEmpty:
@@ -157,28 +118,28 @@ class ResultWriter:
         except TimeoutError:
             return _TIMEOUT
 
-    async def _flush(self, batch: Sequence[Entry]) -> None:
-        rows, changes = _merge(batch)
+    async def _flush(self, batch: Sequence[ChunkDone]) -> None:
+        results, released = _results(batch)
+        rows = sum(len(r.outcomes) for r in results)
         while True:
             started = time.perf_counter()
             try:
-                jobs = await self._store.commit(rows, changes, utcnow())
+                settled = await self._store.complete(self._owner, results, utcnow())
             except Exception:
                 # Nothing was written (the transaction rolled back): try the same batch
                 # again. Workers wait meanwhile on the bounded queue.
-                logger.exception("group commit of %d rows failed; retrying", len(rows))
+                logger.exception("group commit of %d rows failed; retrying", rows)
                 await asyncio.sleep(_RETRY_DELAY_S)
                 continue
             break
         elapsed = time.perf_counter() - started
         self.stats.commits += 1
-        self.stats.rows += len(rows)
+        self.stats.rows += rows
         self.stats.seconds += elapsed
-        self._metrics.commit_rows.observe(len(rows))
+        self._metrics.commit_rows.observe(rows)
         self._metrics.commit_seconds.observe(elapsed)
-        _resolve(batch, jobs)
         try:
-            self._on_commit(jobs)
+            self._on_commit(settled, released)
         except Exception:
             # The commit stands; a failing listener must not stop the only writer.
             logger.exception("a commit listener failed")
@@ -187,31 +148,15 @@ class ResultWriter:
 _TIMEOUT = object()
 
 
-def _size(entry: Entry) -> int:
-    return len(entry.rows) if isinstance(entry, Outcomes) else 1
-
-
-def _merge(batch: Sequence[Entry]) -> tuple[list[OutcomeRow], list[JobChange]]:
-    rows: list[OutcomeRow] = []
-    per_job: dict[int, _Pending] = {}
+def _results(batch: Sequence[ChunkDone]) -> tuple[list[ChunkResult], list[LeaseRun]]:
+    """One result per chunk; the last chunk of a lease releases it."""
+    results: list[ChunkResult] = []
+    released: list[LeaseRun] = []
     for entry in batch:
-        pending = per_job.setdefault(entry.job_pk, _Pending())
-        if isinstance(entry, Outcomes):
-            rows.extend(entry.rows)
-            pending.succeeded += entry.succeeded
-            pending.failed += entry.failed
-        elif entry.status is JobStatus.RUNNING:
-            pending.start = True
-            pending.status = pending.status or JobStatus.RUNNING
-        else:
-            pending.status = entry.status
-            pending.error = entry.error
-            pending.cancel_pending = entry.cancel_pending
-    return rows, [p.to_change(pk) for pk, p in per_job.items()]
-
-
-def _resolve(batch: Sequence[Entry], jobs: list[Job]) -> None:
-    by_pk = {j.pk: j for j in jobs}
-    for entry in batch:
-        if isinstance(entry, Transition) and entry.done is not None and not entry.done.done():
-            entry.done.set_result(by_pk[entry.job_pk])
+        run = entry.run
+        run.settled += 1
+        last = run.settled >= run.chunks
+        results.append(ChunkResult(run.lease_pk, run.pk, entry.outcomes, release=last))
+        if last:
+            released.append(run)
+    return results, released

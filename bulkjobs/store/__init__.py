@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from .base import JobChange, JobFilter, NewItemRow, OutcomeRow, Store
+from .base import ChunkResult, JobFilter, Lease, NewJob, OperationLimits, Store
 
-__all__ = ["JobChange", "JobFilter", "NewItemRow", "OutcomeRow", "Store", "open_store"]
+__all__ = [
+    "ChunkResult",
+    "JobFilter",
+    "Lease",
+    "NewJob",
+    "OperationLimits",
+    "Store",
+    "open_store",
+]
 
 
 def open_store(url_or_path: str, **options: object) -> Store:

@@ -1,35 +1,22 @@
-"""The storage contract. Backends keep their SQL dialect to themselves."""
+"""The storage contract: typed records and the `Store` protocol.
+
+The store is the authority for running work. Which items are out, and to whom, is a
+lease (owner, expiry) over a span of one job's items; the store picks the next span
+fairly (per tenant, then per job), settles outcomes with counters in one
+transaction, and applies every status change as a guarded transition of the state
+machine (`bulkjobs.states`). Backends keep their SQL dialect to themselves.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
 import attrs
 
-from ..models import ItemRecord, ItemStatus, Job, JobError, JobStatus, WorkItem
+from ..models import ItemOutcome, ItemRow, ItemStatus, Job, JobError, JobStatus, NewItem, WorkItem
 from .webhooks import NewWebhook, WebhookStore
-
-#: One item outcome as the writer hands it to the store:
-#: (status, result_json, error_code, error_message, attempts, job_pk, index)
-OutcomeRow = tuple[str, str | None, str | None, str | None, int, int, int]
-
-#: One new item: (index, item_id, payload_json)
-NewItemRow = tuple[int, str | None, str]
-
-
-@attrs.frozen
-class JobChange:
-    """Counter deltas and an optional transition for one job, applied in one commit."""
-
-    job_pk: int
-    succeeded: int = 0
-    failed: int = 0
-    start: bool = False
-    status: JobStatus | None = None
-    error: JobError | None = None
-    cancel_pending: bool = False
 
 
 @attrs.frozen
@@ -55,9 +42,38 @@ class IdempotencyRecord:
     expires_at: datetime
 
 
-#: One row of a result download:
-#: (index, item_id, status, result_json, error_code, error_message)
-ResultRow = tuple[int, str | None, str, str | bytes | None, str | None, str | None]
+@attrs.frozen
+class NewJob:
+    """Everything one submit stores in one transaction.
+
+    Items come from `items`, or, for a retry, from the failed items of `retry_of`.
+    With `idempotency`, nothing is stored when a live record of the key exists.
+    """
+
+    job: Job
+    items: Sequence[NewItem] = ()
+    webhook: NewWebhook | None = None
+    idempotency: IdempotencyRecord | None = None
+    retry_of: Job | None = None
+
+
+@attrs.frozen
+class Created:
+    """What `create_job` did: the stored job, or the live record that stopped it."""
+
+    job: Job | None
+    existing: IdempotencyRecord | None = None
+
+
+@attrs.frozen
+class JobLookup:
+    """A job by id with its retry links, or the tombstone of a removed one."""
+
+    job: Job | None = None
+    tombstone: Tombstone | None = None
+    retry_of: str | None = None
+    retried_by: str | None = None
+    idempotency: IdempotencyRecord | None = None
 
 
 @attrs.frozen
@@ -65,6 +81,78 @@ class JobFilter:
     tenant: str | None = None
     status: JobStatus | None = None
     operation: str | None = None
+    active: bool = False  # pending or running only
+
+
+@attrs.frozen
+class OperationLimits:
+    """How an operation is claimed: items per lease, and leases out at once (any owner)."""
+
+    span_items: int
+    concurrency: int | None = None
+
+
+@attrs.frozen
+class Lease:
+    """A span of one job's pending items, held by one owner until `expires_at`."""
+
+    pk: int
+    job: Job
+    items: Sequence[WorkItem]
+
+
+@attrs.frozen
+class Claimed:
+    """A claim's answer: a lease to work (or None), and jobs it found finished."""
+
+    lease: Lease | None
+    settled: list[Job] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class ChunkResult:
+    """Outcomes of one chunk of a lease; `release` settles the lease (its last chunk)."""
+
+    lease_pk: int
+    job_pk: int
+    outcomes: Sequence[ItemOutcome]
+    release: bool = False
+
+
+@attrs.frozen
+class Settled:
+    """What `complete` committed: the changed jobs, and leases this owner had lost."""
+
+    jobs: list[Job]
+    lost_leases: frozenset[int] = frozenset()
+    outbox_grew: bool = False
+
+
+@attrs.frozen
+class Beat:
+    """A heartbeat's answer: leases renewed, and jobs of ours asked to stop."""
+
+    renewed: int
+    stopping: frozenset[int] = frozenset()
+
+
+@attrs.frozen
+class Maintenance:
+    """One maintenance pass: jobs expired (now tombstones), items purged, records swept."""
+
+    expired: list[Job] = attrs.field(factory=list)
+    purged: int = 0
+    swept: int = 0
+
+
+@attrs.frozen
+class StoreStats:
+    """Counts for admission and metrics, from committed state."""
+
+    jobs_by_status: Mapping[str, int]
+    webhooks_by_status: Mapping[str, int]
+    backlog_items: int
+    tenant_active_jobs: int = 0
 
 
 class Store(Protocol):
@@ -75,17 +163,48 @@ class Store(Protocol):
         """Subscriptions, outbox and attempts of webhooks (store/webhooks.py)."""
         ...
 
-    async def open(self) -> None: ...
+    async def open(self) -> bytes:
+        """Open (and own) the store, migrate it; return the events-token signing secret."""
+        ...
 
     async def close(self) -> None: ...
 
-    async def create_job(
-        self, job: Job, items: Sequence[NewItemRow], webhook: NewWebhook | None = None
-    ) -> int:
-        """Insert the job, all its items and its webhook in one transaction; return its key."""
+    async def create_job(self, new: NewJob) -> Created:
+        """Store job, items, webhook and idempotency key in one transaction."""
         ...
 
-    async def get_job(self, job_id: str) -> Job | None: ...
+    async def claim(
+        self, owner: str, limits: Mapping[str, OperationLimits], *, lease_s: float, now: datetime
+    ) -> Claimed:
+        """Lease the next span of pending items, fairly: tenant first, then job.
+
+        Expired leases are claimed again first. A pending job becomes running here.
+        """
+        ...
+
+    async def complete(self, owner: str, results: Sequence[ChunkResult], now: datetime) -> Settled:
+        """Write outcomes and counters in one transaction; ignore leases we lost.
+
+        A job left with no leases and nothing to claim becomes terminal here.
+        """
+        ...
+
+    async def stop(
+        self, job_pk: int, status: JobStatus, now: datetime, error: JobError | None = None
+    ) -> Job:
+        """Move an active job to a terminal status, or, while leases are out, ask it to
+        stop there once they settle. Raises `IllegalTransition` on a terminal job."""
+        ...
+
+    async def heartbeat(self, owner: str, *, lease_s: float, now: datetime) -> Beat:
+        """Extend this owner's leases (a write: it also proves the store takes writes)."""
+        ...
+
+    async def find_job(
+        self, job_id: str | None = None, *, idempotency: tuple[str, str] | None = None
+    ) -> JobLookup:
+        """A job by id (or its tombstone), or the record of an `Idempotency-Key`."""
+        ...
 
     async def list_jobs(self, flt: JobFilter, *, before_pk: int | None, limit: int) -> list[Job]:
         """Newest first; `before_pk` continues a previous page."""
@@ -93,75 +212,19 @@ class Store(Protocol):
 
     async def list_items(
         self, job_pk: int, *, status: ItemStatus | None, after_index: int, limit: int
-    ) -> list[ItemRecord]: ...
-
-    async def load_pending(self, job_pk: int, *, from_index: int, limit: int) -> list[WorkItem]: ...
-
-    async def unfinished_jobs(self) -> list[Job]: ...
-
-    async def count_jobs_by_status(self) -> dict[str, int]: ...
-
-    async def check_writable(self) -> None:
-        """Raise when the store cannot take a write transaction now."""
+    ) -> list[ItemRow]:
+        """A keyset page of item outcomes in request order."""
         ...
 
-    async def commit(
-        self, outcomes: Sequence[OutcomeRow], changes: Sequence[JobChange], now: datetime
-    ) -> list[Job]:
-        """Write outcomes and job changes in one transaction; return the changed jobs."""
-        ...
-
-    async def request_cancel(self, job_pk: int, now: datetime) -> Job | None:
-        """Record a cancel request on an active job; None when it is already terminal."""
-        ...
-
-    async def delete_job(self, job_pk: int) -> None: ...
-
-    async def purge_step(self, batch: int = 5000) -> int:
-        """Delete some items of deleted jobs; 0 when there is nothing left to purge."""
-        ...
-
-    async def ping(self) -> None: ...
-
-    # -- retention, idempotency, retries, results --------------------------
+    async def stats(self, tenant: str | None = None) -> StoreStats: ...
 
     async def remove_job(self, job: Job, reason: str, now: datetime, keep_until: datetime) -> None:
-        """Delete the job row, leave a tombstone and queue its items for purging."""
+        """Delete a terminal job row, leave a tombstone and queue its items for purging."""
         ...
 
-    async def get_tombstone(self, job_id: str) -> Tombstone | None: ...
-
-    async def expired_jobs(self, now: datetime, limit: int) -> list[Job]:
-        """Terminal jobs whose `expires_at` has passed, oldest expiry first."""
-        ...
-
-    async def sweep_records(self, now: datetime) -> int:
-        """Drop tombstones and idempotency keys past their time; return how many went."""
-        ...
-
-    async def get_idempotency(self, tenant: str, key: str) -> IdempotencyRecord | None: ...
-
-    async def create_job_once(
-        self,
-        job: Job,
-        items: Sequence[NewItemRow],
-        record: IdempotencyRecord,
-        webhook: NewWebhook | None = None,
-    ) -> IdempotencyRecord | None:
-        """Store job, items and key in one transaction and return None; when a live record
-        of the key exists already, store nothing and return that record."""
-        ...
-
-    async def create_retry_job(self, job: Job, source: Job) -> int:
-        """A new job from the failed items of `source` (in order), linked both ways."""
-        ...
-
-    async def retry_links(self, job_id: str) -> tuple[str | None, str | None]:
-        """(the job this one retries, the newest job retrying this one)."""
-        ...
-
-    async def result_rows(
-        self, job_pk: int, *, status: ItemStatus | None, after_index: int, limit: int
-    ) -> list[ResultRow]:
-        """A keyset page of raw outcomes for a download (results stay encoded JSON)."""
+    async def maintain(
+        self, now: datetime, *, expire_jobs: int, purge_items: int, keep_s: int
+    ) -> Maintenance:
+        """Expire up to `expire_jobs` jobs, purge up to `purge_items` items of removed
+        jobs, and drop tombstones and idempotency keys past their time."""
         ...

@@ -140,4 +140,37 @@ MIGRATIONS: list[tuple[str, str]] = [
         END;
         """,
     ),
+    (
+        "0005_leases",
+        """
+        -- The store owns running work: a lease holds a span of one job's pending items
+        -- for one owner until it expires; next_idx is the job's claim frontier, and
+        -- turns order jobs (and tenants) for round-robin claiming.
+        ALTER TABLE jobs ADD COLUMN next_idx INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE jobs ADD COLUMN turn INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE jobs ADD COLUMN max_failed INTEGER;
+        ALTER TABLE jobs ADD COLUMN stop_status TEXT;
+        ALTER TABLE jobs ADD COLUMN stop_code TEXT;
+        ALTER TABLE jobs ADD COLUMN stop_message TEXT;
+        UPDATE jobs SET stop_status = 'cancelled'
+            WHERE cancel_requested_at IS NOT NULL AND status IN ('pending', 'running');
+        CREATE INDEX jobs_active ON jobs (tenant, turn, pk)
+            WHERE status IN ('pending', 'running');
+        CREATE TABLE leases (
+            pk INTEGER PRIMARY KEY,
+            job_pk INTEGER NOT NULL,
+            first_idx INTEGER NOT NULL,
+            last_idx INTEGER NOT NULL,
+            owner TEXT NOT NULL,
+            operation TEXT NOT NULL,
+            expires_at INTEGER NOT NULL
+        );
+        CREATE INDEX leases_job ON leases (job_pk);
+        CREATE INDEX leases_owner ON leases (owner);
+        CREATE INDEX leases_expires ON leases (expires_at);
+        CREATE TABLE tenant_turns (tenant TEXT PRIMARY KEY, turn INTEGER NOT NULL)
+            WITHOUT ROWID;
+        CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+        """,
+    ),
 ]

@@ -8,110 +8,52 @@ a second connection: in WAL mode they never wait for the writer.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
-from collections.abc import AsyncIterator, Sequence
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import IO, Any
 
 import aiosqlite
 
-from .. import failpoints, jsonutil
-from ..models import ItemError, ItemRecord, ItemStatus, Job, JobError, JobStatus, WorkItem
+from .. import failpoints, jsonutil, states
+from ..models import ItemRow, ItemStatus, Job, JobError, JobStatus, NewItem
+from . import sqlite_work as work
 from .base import (
+    Beat,
+    ChunkResult,
+    Claimed,
+    Created,
     IdempotencyRecord,
-    JobChange,
     JobFilter,
-    NewItemRow,
-    OutcomeRow,
-    ResultRow,
+    JobLookup,
+    Lease,
+    Maintenance,
+    NewJob,
+    OperationLimits,
+    Settled,
+    StoreStats,
     Tombstone,
 )
 from .reader import Reader
+from .rows import JOB_COLS, job_from_row
 from .schema import MIGRATIONS
 from .timestamps import from_ms, to_ms
 from .webhooks import NewWebhook, SQLiteWebhooks
 
 logger = logging.getLogger(__name__)
 
-_JOB_COLS = (
-    "pk, id, tenant, operation, status, total_items, succeeded, failed, cancelled, created_at,"
-    " started_at, completed_at, updated_at, expires_at, cancel_requested_at, error_code,"
-    " error_message, seq, ttl_s"
-)
-
-_UPDATE_ITEM = (
-    "UPDATE items SET status = ?, result = ?, error_code = ?, error_message = ?, attempts = ?"
-    " WHERE job_pk = ? AND idx = ? AND status = 'pending'"
-)
-
-_UPDATE_JOB = f"""
-UPDATE jobs SET
-  succeeded = succeeded + :succeeded,
-  failed = failed + :failed,
-  cancelled = cancelled + :cancelled,
-  status = COALESCE(:status, status),
-  started_at = CASE WHEN :start THEN COALESCE(started_at, :now) ELSE started_at END,
-  completed_at = CASE WHEN :terminal THEN :now ELSE completed_at END,
-  expires_at = CASE WHEN :terminal THEN :now + ttl_s * 1000 ELSE expires_at END,
-  error_code = COALESCE(:error_code, error_code),
-  error_message = COALESCE(:error_message, error_message),
-  updated_at = :now,
-  seq = seq + 1
-WHERE pk = :pk
-RETURNING {_JOB_COLS}
-"""
-
-_RECOUNT = f"""
-UPDATE jobs SET
-  succeeded = (SELECT count(*) FROM items WHERE job_pk = :pk AND status = 'succeeded'),
-  failed = (SELECT count(*) FROM items WHERE job_pk = :pk AND status = 'failed'),
-  cancelled = (SELECT count(*) FROM items WHERE job_pk = :pk AND status = 'cancelled')
-WHERE pk = :pk
-RETURNING {_JOB_COLS}
-"""
+_ACTIVE = "status IN ('pending', 'running')"
 
 
-def job_from_row(row: Sequence[Any]) -> Job:
-    """A Job from a row selected with `_JOB_COLS`."""
-    error = JobError(row[15], row[16] or "") if row[15] else None
-    job = Job(
-        id=row[1],
-        tenant=row[2],
-        operation=row[3],
-        status=JobStatus(row[4]),
-        total_items=row[5],
-        succeeded=row[6],
-        failed=row[7],
-        cancelled=row[8],
-        created_at=from_ms(row[9]),
-        started_at=from_ms(row[10]),
-        completed_at=from_ms(row[11]),
-        updated_at=from_ms(row[12]),
-        expires_at=from_ms(row[13]),
-        cancel_requested_at=from_ms(row[14]),
-        error=error,
-        seq=row[17],
-        ttl_s=row[18],
-        pk=row[0],
-    )
-    return job
-
-
-def _item_from_row(row: Sequence[Any]) -> ItemRecord:
-    idx, item_id, status, result, code, message, attempts = row
-    return ItemRecord(
-        index=idx,
-        item_id=item_id,
-        status=ItemStatus(status),
-        result=jsonutil.loads(result) if result is not None else None,
-        error=ItemError(code, message or "") if code else None,
-        attempts=attempts,
-    )
+class StoreLocked(RuntimeError):
+    """Another process owns this SQLite file."""
 
 
 class SQLiteStore:
-    """The embedded store: one file, WAL, group commits through one writer."""
+    """The embedded store: one file owned by one process, WAL, one writer connection."""
 
     def __init__(self, path: str, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 10_000):
         self.path = path
@@ -119,23 +61,38 @@ class SQLiteStore:
         self._busy_timeout_ms = busy_timeout_ms
         self._writer: aiosqlite.Connection | None = None
         self._reader: Reader | None = None
+        self._lock_file: IO[bytes] | None = None
         self._write_lock = asyncio.Lock()
         self._unsettled = False  # a transaction ended without a settled commit/rollback
         self.webhooks = SQLiteWebhooks(self._txn, lambda: self._r)
 
     # -- lifecycle -------------------------------------------------------
 
-    async def open(self) -> None:
-        """Open both connections, set pragmas, migrate the schema."""
+    async def open(self) -> bytes:
+        """Own the file, open both connections, migrate, reclaim every lease at once."""
+        self._lock_file = _own(self.path)
         self._writer = await self._connect()
         await self._migrate(self._writer)
         self._reader = Reader(await self._connect())  # one whole query per trip: see reader.py
+        async with self._txn() as db:
+            # One process owns the file, so no lease can be held by anyone alive: all
+            # of them are claimable now, instead of after they expire.
+            await db.execute("UPDATE leases SET expires_at = 0")
+            await db.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES ('events_token', ?)",
+                (os.urandom(32),),
+            )
+            row = await work.one(db, "SELECT value FROM secrets WHERE name = 'events_token'")
+        return bytes(row[0])
 
     async def close(self) -> None:
         for conn in (self._reader, self._writer):
             if conn is not None:
                 await conn.close()
         self._reader = self._writer = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -191,29 +148,37 @@ class SQLiteStore:
         assert self._reader is not None, "store is not open"
         return self._reader
 
-    async def ping(self) -> None:
-        async with self._r.execute("SELECT 1") as cur:
-            await cur.fetchone()
+    # -- creating jobs ---------------------------------------------------
 
-    # -- jobs ------------------------------------------------------------
-
-    async def create_job(
-        self, job: Job, items: Sequence[NewItemRow], webhook: NewWebhook | None = None
-    ) -> int:
+    async def create_job(self, new: NewJob) -> Created:
         async with self._txn() as db:
-            return await self._insert_job(db, job, items, webhook)
+            if new.idempotency is not None:
+                rec = new.idempotency
+                row = await work.one(db, _SELECT_IDEMPOTENCY, (rec.tenant, rec.key))
+                if row is not None and row[5] > to_ms(new.job.created_at):
+                    return Created(None, _idempotency_from_row(row))
+            pk = await self._insert_job(db, new.job, new.items, new.webhook)
+            if new.retry_of is not None:
+                await _copy_failed(db, pk, new.job, new.retry_of)
+            if new.idempotency is not None:
+                await _insert_idempotency(db, new.idempotency)
+            failpoints.hit("insert_job")  # crash tests: job and items written, not committed
+            job = await work.job_by_pk(db, pk)
+        assert job is not None
+        return Created(job)
 
     async def _insert_job(
         self,
         db: aiosqlite.Connection,
         job: Job,
-        items: Sequence[NewItemRow],
+        items: Sequence[NewItem],
         webhook: NewWebhook | None = None,
     ) -> int:
-        cur = await db.execute(
+        row = await work.one(
+            db,
             "INSERT INTO jobs (pk, id, tenant, operation, status, total_items, created_at,"
-            " updated_at, ttl_s, seq) VALUES ((SELECT pk + 1 FROM job_pk_high_water),"
-            " ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING pk",
+            " updated_at, ttl_s, seq, max_failed) VALUES ((SELECT pk + 1 FROM job_pk_high_water),"
+            " ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) RETURNING pk",
             (
                 job.id,
                 job.tenant,
@@ -223,28 +188,152 @@ class SQLiteStore:
                 to_ms(job.created_at),
                 to_ms(job.updated_at),
                 job.ttl_s,
+                job.max_failed,
             ),
         )
-        row = await cur.fetchone()
-        await cur.close()
-        assert row is not None
         pk: int = row[0]
         await db.executemany(
             "INSERT INTO items (job_pk, idx, item_id, payload) VALUES (?, ?, ?, ?)",
             [(pk, idx, item_id, payload) for idx, item_id, payload in items],
         )
-        failpoints.hit("insert_job")  # crash tests: job and items written, not committed
         if webhook is not None:
             await self.webhooks.subscribe_in(db, pk, job.created_at, webhook)
         return pk
 
-    async def get_job(self, job_id: str) -> Job | None:
-        async with self._r.execute(f"SELECT {_JOB_COLS} FROM jobs WHERE id = ?", (job_id,)) as cur:
+    # -- running work ----------------------------------------------------
+
+    async def claim(
+        self, owner: str, limits: Mapping[str, OperationLimits], *, lease_s: float, now: datetime
+    ) -> Claimed:
+        now_ms = to_ms(now)
+        expires_ms = now_ms + int(lease_s * 1000)
+        settled: list[Job] = []
+        async with self._txn() as db:
+            for _ in range(8):  # a few jobs settled on the way, then let others write
+                ops = work.claimable_ops(limits, await work.leases_by_operation(db))
+                got = await self._claim_one(db, owner, ops, limits, now_ms, expires_ms)
+                if not isinstance(got, Job):
+                    break
+                settled.append(got)
+            await self.webhooks.enqueue_in(db, settled, now)
+        return Claimed(got if isinstance(got, Lease) else None, settled)
+
+    async def _claim_one(
+        self,
+        db: aiosqlite.Connection,
+        owner: str,
+        ops: list[str],
+        limits: Mapping[str, OperationLimits],
+        now_ms: int,
+        expires_ms: int,
+    ) -> Lease | Job | None:
+        """A lease; or a job settled because it had nothing left to lease; or None."""
+        if not ops:
+            return None
+        ops_json = jsonutil.dumps_str(ops)
+        got = await work.reclaim_expired(db, owner, ops_json, now_ms, expires_ms)
+        if got is not None:
+            return got
+        job = await work.next_job(db, ops_json)
+        if job is None:
+            return None
+        span = limits[job.operation].span_items
+        lease = await work.lease_span(db, job, span, owner, now_ms, expires_ms)
+        return lease if lease is not None else await work.settle(db, job, now_ms)
+
+    async def complete(self, owner: str, results: Sequence[ChunkResult], now: datetime) -> Settled:
+        now_ms = to_ms(now)
+        async with self._txn() as db:
+            owned = await work.owned_leases(db, owner, sorted({r.lease_pk for r in results}))
+            kept = [r for r in results if r.lease_pk in owned]
+            jobs = await work.apply_outcomes(db, kept, now_ms)
+            released = sorted({r.lease_pk for r in kept if r.release})
+            if released:
+                marks = ",".join("?" * len(released))
+                await db.execute(f"DELETE FROM leases WHERE pk IN ({marks})", released)
+            jobs = await self._settle_all(db, jobs, {r.job_pk for r in kept}, now_ms)
+            grew = await self.webhooks.enqueue_in(db, jobs, now)
+            failpoints.hit("commit")  # crash tests: inside the group commit's transaction
+        lost = frozenset(r.lease_pk for r in results if r.lease_pk not in owned)
+        if lost:
+            logger.warning("%d chunk results of lost leases ignored", len(lost))
+        return Settled(jobs, lost, bool(grew))
+
+    async def _settle_all(
+        self, db: aiosqlite.Connection, jobs: list[Job], pks: set[int], now_ms: int
+    ) -> list[Job]:
+        by_pk = {j.pk: j for j in jobs}
+        for pk in pks - by_pk.keys():  # released leases without outcomes (a stopped span)
+            job = await work.job_by_pk(db, pk)
+            if job is not None:
+                by_pk[pk] = job
+        return [await work.settle(db, job, now_ms) for job in by_pk.values()]
+
+    async def stop(
+        self, job_pk: int, status: JobStatus, now: datetime, error: JobError | None = None
+    ) -> Job:
+        if not status.is_terminal:
+            raise ValueError(f"a job stops in a terminal status, not {status.value}")
+        now_ms = to_ms(now)
+        async with self._txn() as db:
+            job = await work.job_by_pk(db, job_pk)
+            if job is None:
+                raise KeyError(f"job {job_pk} does not exist")
+            states.check(job.status, status)
+            job = await work.request_stop(db, job, status, now_ms, error)
+            failpoints.hit("cancel")  # crash tests: stop requested, not committed
+            job = await work.settle(db, job, now_ms)
+            await self.webhooks.enqueue_in(db, [job], now)
+        return job
+
+    async def heartbeat(self, owner: str, *, lease_s: float, now: datetime) -> Beat:
+        expires_ms = to_ms(now) + int(lease_s * 1000)
+        async with self._txn() as db:
+            cur = await db.execute(
+                "UPDATE leases SET expires_at = ? WHERE owner = ?", (expires_ms, owner)
+            )
+            renewed = cur.rowcount
+            async with db.execute(
+                "SELECT DISTINCT l.job_pk FROM leases l JOIN jobs j ON j.pk = l.job_pk"
+                " WHERE l.owner = ? AND j.stop_status IS NOT NULL",
+                (owner,),
+            ) as rows:
+                stopping = frozenset(r[0] for r in await rows.fetchall())
+        return Beat(renewed, stopping)
+
+    # -- reads -----------------------------------------------------------
+
+    async def find_job(
+        self, job_id: str | None = None, *, idempotency: tuple[str, str] | None = None
+    ) -> JobLookup:
+        if idempotency is not None:
+            async with self._r.execute(_SELECT_IDEMPOTENCY, idempotency) as cur:
+                row = await cur.fetchone()
+            return JobLookup(idempotency=_idempotency_from_row(row) if row else None)
+        sql = (
+            f"SELECT {JOB_COLS}, (SELECT retry_of FROM job_retries WHERE job_id = jobs.id),"
+            " (SELECT job_id FROM job_retries WHERE retry_of = jobs.id"
+            " ORDER BY job_id DESC LIMIT 1) FROM jobs WHERE id = ?"
+        )
+        async with self._r.execute(sql, (job_id,)) as cur:
             row = await cur.fetchone()
-        return job_from_row(row) if row else None
+        if row is not None:
+            n = len(row)
+            return JobLookup(job_from_row(row), retry_of=row[n - 2], retried_by=row[n - 1])
+        return JobLookup(tombstone=await self._tombstone(job_id or ""))
+
+    async def _tombstone(self, job_id: str) -> Tombstone | None:
+        sql = (
+            "SELECT job_id, tenant, reason, deleted_at, keep_until FROM tombstones WHERE job_id = ?"
+        )
+        async with self._r.execute(sql, (job_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        return Tombstone(row[0], row[1], row[2], from_ms(row[3]), from_ms(row[4]))
 
     async def list_jobs(self, flt: JobFilter, *, before_pk: int | None, limit: int) -> list[Job]:
-        where, args = ["1 = 1"], []
+        where, args = [_ACTIVE if flt.active else "1 = 1"], []
         for column, value in (
             ("tenant", flt.tenant),
             ("status", flt.status.value if flt.status else None),
@@ -254,29 +343,13 @@ class SQLiteStore:
             if value is not None:
                 where.append(f"{column} {'' if '<' in column else '='} ?")
                 args.append(value)
-        sql = f"SELECT {_JOB_COLS} FROM jobs WHERE {' AND '.join(where)} ORDER BY pk DESC LIMIT ?"
+        sql = f"SELECT {JOB_COLS} FROM jobs WHERE {' AND '.join(where)} ORDER BY pk DESC LIMIT ?"
         async with self._r.execute(sql, (*args, limit)) as cur:
             return [job_from_row(r) for r in await cur.fetchall()]
 
-    async def count_jobs_by_status(self) -> dict[str, int]:
-        async with self._r.execute("SELECT status, count(*) FROM jobs GROUP BY status") as cur:
-            return {row[0]: row[1] for row in await cur.fetchall()}
-
-    async def check_writable(self) -> None:
-        """Take and release the write lock: proves the file accepts writes."""
-        async with self._txn():
-            pass
-
-    async def unfinished_jobs(self) -> list[Job]:
-        sql = f"SELECT {_JOB_COLS} FROM jobs WHERE status IN ('pending', 'running') ORDER BY pk"
-        async with self._r.execute(sql) as cur:
-            return [job_from_row(r) for r in await cur.fetchall()]
-
-    # -- items -----------------------------------------------------------
-
     async def list_items(
         self, job_pk: int, *, status: ItemStatus | None, after_index: int, limit: int
-    ) -> list[ItemRecord]:
+    ) -> list[ItemRow]:
         # The status is inlined (an enum value, never user text) so that the partial
         # index on failed items can be used; a bound parameter would not match it.
         extra = f" AND status = '{ItemStatus(status).value}'" if status else ""
@@ -285,95 +358,54 @@ class SQLiteStore:
             f" FROM items WHERE job_pk = ? AND idx > ?{extra} ORDER BY idx LIMIT ?"
         )
         async with self._r.execute(sql, (job_pk, after_index, limit)) as cur:
-            return [_item_from_row(r) for r in await cur.fetchall()]
+            return [ItemRow(*r) for r in await cur.fetchall()]
 
-    async def load_pending(self, job_pk: int, *, from_index: int, limit: int) -> list[WorkItem]:
+    async def stats(self, tenant: str | None = None) -> StoreStats:
         sql = (
-            "SELECT idx, item_id, payload FROM items"
-            " WHERE job_pk = ? AND idx >= ? AND status = 'pending' ORDER BY idx LIMIT ?"
+            "SELECT status, count(*), sum(total_items - succeeded - failed - cancelled),"
+            " sum(tenant = ?) FROM jobs GROUP BY status"
         )
-        async with self._r.execute(sql, (job_pk, from_index, limit)) as cur:
+        async with self._r.execute(sql, (tenant,)) as cur:
             rows = await cur.fetchall()
-        # Payloads stay JSON text here: workers parse each one when they reach it, in
-        # their time slices, instead of this read parsing a whole page at once.
-        return [WorkItem(r[0], r[1], r[2]) for r in rows]
+        active = [r for r in rows if r[0] in ("pending", "running")]
+        return StoreStats(
+            jobs_by_status={r[0]: r[1] for r in rows},
+            webhooks_by_status=await self.webhooks.count_by_status(),
+            backlog_items=sum(r[2] or 0 for r in active),
+            tenant_active_jobs=sum(r[3] or 0 for r in active),
+        )
 
-    # -- the writer's commit ---------------------------------------------
+    # -- removal and maintenance ---------------------------------------------
 
-    async def commit(
-        self, outcomes: Sequence[OutcomeRow], changes: Sequence[JobChange], now: datetime
-    ) -> list[Job]:
-        now_ms = to_ms(now)
+    async def remove_job(self, job: Job, reason: str, now: datetime, keep_until: datetime) -> None:
+        """Delete the job row, leave a tombstone and queue its items, in one transaction."""
         async with self._txn() as db:
-            applied = len(outcomes)
-            if outcomes:
-                cur = await db.executemany(_UPDATE_ITEM, outcomes)
-                applied = cur.rowcount
-            jobs = [await self._apply_change(db, ch, now_ms) for ch in changes]
-            if applied != len(outcomes):
-                # Some outcome hit an item that was no longer pending: trust the items.
-                logger.warning("%d stale outcomes ignored; recounting", len(outcomes) - applied)
-                jobs = [await self._recount(db, ch.job_pk) for ch in changes]
-            # Webhook messages are written with the change they announce (durable outbox).
-            await self.webhooks.enqueue_in(db, jobs, now)
-            failpoints.hit("commit")  # crash tests: inside the group commit's transaction
+            await _remove(db, job, reason, now, keep_until)
+
+    async def maintain(
+        self, now: datetime, *, expire_jobs: int, purge_items: int, keep_s: int
+    ) -> Maintenance:
+        expired: list[Job] = []
+        if expire_jobs:
+            expired = await self._expire(now, expire_jobs, now + timedelta(seconds=keep_s))
+        purged = await self._purge_step(purge_items) if purge_items else 0
+        swept = await self._sweep(now) if expire_jobs else 0
+        return Maintenance(expired, purged, swept)
+
+    async def _expire(self, now: datetime, limit: int, keep_until: datetime) -> list[Job]:
+        sql = (
+            f"SELECT {JOB_COLS} FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= ?"
+            " ORDER BY expires_at LIMIT ?"
+        )
+        async with self._txn() as db:
+            async with db.execute(sql, (to_ms(now), limit)) as cur:
+                jobs = [job_from_row(r) for r in await cur.fetchall()]
+            for job in jobs:
+                await _remove(db, job, "expired", now, keep_until)
         return jobs
 
-    async def _apply_change(
-        self, db: aiosqlite.Connection, ch: JobChange, now_ms: int | None
-    ) -> Job:
-        cancelled = 0
-        if ch.cancel_pending:
-            cur = await db.execute(
-                "UPDATE items SET status = 'cancelled' WHERE job_pk = ? AND status = 'pending'",
-                (ch.job_pk,),
-            )
-            cancelled = cur.rowcount
-        params = {
-            "pk": ch.job_pk,
-            "succeeded": ch.succeeded,
-            "failed": ch.failed,
-            "cancelled": cancelled,
-            "start": ch.start,
-            "status": ch.status.value if ch.status else None,
-            "terminal": bool(ch.status and ch.status.is_terminal),
-            "error_code": ch.error.code if ch.error else None,
-            "error_message": ch.error.message if ch.error else None,
-            "now": now_ms,
-        }
-        async with db.execute(_UPDATE_JOB, params) as cur:
-            row = await cur.fetchone()
-        assert row is not None, f"job {ch.job_pk} vanished inside its own commit"
-        return job_from_row(row)
-
-    async def _recount(self, db: aiosqlite.Connection, job_pk: int) -> Job:
-        async with db.execute(_RECOUNT, {"pk": job_pk}) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return job_from_row(row)
-
-    async def request_cancel(self, job_pk: int, now: datetime) -> Job | None:
-        async with self._txn() as db:
-            sql = (
-                "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, ?),"
-                " updated_at = ?, seq = seq + 1"
-                f" WHERE pk = ? AND status IN ('pending', 'running') RETURNING {_JOB_COLS}"
-            )
-            async with db.execute(sql, (to_ms(now), to_ms(now), job_pk)) as cur:
-                row = await cur.fetchone()
-            failpoints.hit("cancel")  # crash tests: cancel marked, not committed
-        return job_from_row(row) if row else None
-
-    # -- deletion --------------------------------------------------------
-
-    async def delete_job(self, job_pk: int) -> None:
-        """Remove the job row now; its items go in small batches that never stall the writer."""
-        async with self._txn() as db:
-            await db.execute("INSERT INTO purge_queue (job_pk) VALUES (?)", (job_pk,))
-            await db.execute("DELETE FROM jobs WHERE pk = ?", (job_pk,))
-
-    async def purge_step(self, batch: int = 5000) -> int:
-        """Delete up to `batch` items of deleted jobs; return how many went."""
+    async def _purge_step(self, batch: int) -> int:
+        """Delete up to `batch` items of removed jobs; return how many went (0: none left)."""
         async with self._r.execute("SELECT job_pk FROM purge_queue LIMIT 1") as queued:
             row = await queued.fetchone()
         if row is None:
@@ -389,39 +421,7 @@ class SQLiteStore:
                 await _purge_job_rows(db, row[0])
         return max(removed, 1)
 
-    # -- retention, idempotency, retries, results --------------------------
-
-    async def remove_job(self, job: Job, reason: str, now: datetime, keep_until: datetime) -> None:
-        """Delete the job row, leave a tombstone and queue its items, in one transaction."""
-        async with self._txn() as db:
-            await db.execute(
-                "INSERT OR REPLACE INTO tombstones (job_id, tenant, reason, deleted_at, keep_until)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (job.id, job.tenant, reason, to_ms(now), to_ms(keep_until)),
-            )
-            await db.execute("INSERT OR IGNORE INTO purge_queue (job_pk) VALUES (?)", (job.pk,))
-            await db.execute("DELETE FROM jobs WHERE pk = ?", (job.pk,))
-            await db.execute("DELETE FROM job_retries WHERE job_id = ?", (job.id,))
-
-    async def get_tombstone(self, job_id: str) -> Tombstone | None:
-        sql = (
-            "SELECT job_id, tenant, reason, deleted_at, keep_until FROM tombstones WHERE job_id = ?"
-        )
-        async with self._r.execute(sql, (job_id,)) as cur:
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        return Tombstone(row[0], row[1], row[2], from_ms(row[3]), from_ms(row[4]))
-
-    async def expired_jobs(self, now: datetime, limit: int) -> list[Job]:
-        sql = (
-            f"SELECT {_JOB_COLS} FROM jobs WHERE expires_at IS NOT NULL AND expires_at <= ?"
-            " ORDER BY expires_at LIMIT ?"
-        )
-        async with self._r.execute(sql, (to_ms(now), limit)) as cur:
-            return [job_from_row(r) for r in await cur.fetchall()]
-
-    async def sweep_records(self, now: datetime) -> int:
+    async def _sweep(self, now: datetime) -> int:
         async with self._txn() as db:
             a = await db.execute("DELETE FROM tombstones WHERE keep_until <= ?", (to_ms(now),))
             b = await db.execute(
@@ -429,93 +429,77 @@ class SQLiteStore:
             )
             return a.rowcount + b.rowcount
 
-    async def get_idempotency(self, tenant: str, key: str) -> IdempotencyRecord | None:
-        async with self._r.execute(_SELECT_IDEMPOTENCY, (tenant, key)) as cur:
-            row = await cur.fetchone()
-        return _idempotency_from_row(row) if row else None
-
-    async def create_job_once(
-        self,
-        job: Job,
-        items: Sequence[NewItemRow],
-        record: IdempotencyRecord,
-        webhook: NewWebhook | None = None,
-    ) -> IdempotencyRecord | None:
-        async with self._txn() as db:
-            async with db.execute(_SELECT_IDEMPOTENCY, (record.tenant, record.key)) as cur:
-                row = await cur.fetchone()
-            if row is not None and row[5] > to_ms(job.created_at):
-                return _idempotency_from_row(row)
-            await self._insert_job(db, job, items, webhook)
-            await db.execute(
-                "INSERT OR REPLACE INTO idempotency_keys (tenant, key, request_hash, job_id,"
-                " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    record.tenant,
-                    record.key,
-                    record.request_hash,
-                    record.job_id,
-                    to_ms(record.created_at),
-                    to_ms(record.expires_at),
-                ),
-            )
-        return None
-
-    async def create_retry_job(self, job: Job, source: Job) -> int:
-        async with self._txn() as db:
-            pk = await self._insert_job(db, job, ())
-            cur = await db.execute(
-                "INSERT INTO items (job_pk, idx, item_id, payload)"
-                " SELECT ?, row_number() OVER (ORDER BY idx) - 1, item_id, payload"
-                " FROM items WHERE job_pk = ? AND status = 'failed' ORDER BY idx",
-                (pk, source.pk),
-            )
-            if cur.rowcount != job.total_items:
-                raise RuntimeError(
-                    f"{source.id} has {cur.rowcount} failed items, not {job.total_items}"
-                )
-            await db.execute(
-                "INSERT INTO job_retries (job_id, retry_of) VALUES (?, ?)", (job.id, source.id)
-            )
-            # The retry notifies the same webhook as the job it retries (checked again
-            # at delivery time like every target).
-            await db.execute(
-                "INSERT INTO webhook_subscriptions (job_pk, url, events, progress_interval_ms,"
-                " last_progress_at) SELECT ?, url, events, progress_interval_ms, ?"
-                " FROM webhook_subscriptions WHERE job_pk = ? AND gone_at IS NULL",
-                (pk, to_ms(job.created_at), source.pk),
-            )
-            # The source's representation gains a link: a new seq makes its ETag change.
-            await db.execute("UPDATE jobs SET seq = seq + 1 WHERE pk = ?", (source.pk,))
-        return pk
-
-    async def retry_links(self, job_id: str) -> tuple[str | None, str | None]:
-        sql = (
-            "SELECT (SELECT retry_of FROM job_retries WHERE job_id = ?),"
-            " (SELECT job_id FROM job_retries WHERE retry_of = ? ORDER BY job_id DESC LIMIT 1)"
-        )
-        async with self._r.execute(sql, (job_id, job_id)) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return row[0], row[1]
-
-    async def result_rows(
-        self, job_pk: int, *, status: ItemStatus | None, after_index: int, limit: int
-    ) -> list[ResultRow]:
-        # Inlined enum value (never user text), as in list_items, so partial indexes apply.
-        extra = f" AND status = '{ItemStatus(status).value}'" if status else ""
-        sql = (
-            "SELECT idx, item_id, status, result, error_code, error_message"
-            f" FROM items WHERE job_pk = ? AND idx > ?{extra} ORDER BY idx LIMIT ?"
-        )
-        async with self._r.execute(sql, (job_pk, after_index, limit)) as cur:
-            return list(await cur.fetchall())
-
 
 _SELECT_IDEMPOTENCY = (
     "SELECT tenant, key, request_hash, job_id, created_at, expires_at"
     " FROM idempotency_keys WHERE tenant = ? AND key = ?"
 )
+
+
+def _own(path: str) -> IO[bytes] | None:
+    """Take the file's ownership lock, so that a second process cannot open it too."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    handle = open(f"{path}-lock", "ab")  # noqa: SIM115  (held open while we own the file)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreLocked(f"another bulkjobs process is using {path}") from None
+    return handle
+
+
+async def _remove(
+    db: aiosqlite.Connection, job: Job, reason: str, now: datetime, keep_until: datetime
+) -> None:
+    await db.execute(
+        "INSERT OR REPLACE INTO tombstones (job_id, tenant, reason, deleted_at, keep_until)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (job.id, job.tenant, reason, to_ms(now), to_ms(keep_until)),
+    )
+    await db.execute("INSERT OR IGNORE INTO purge_queue (job_pk) VALUES (?)", (job.pk,))
+    await db.execute("DELETE FROM jobs WHERE pk = ?", (job.pk,))
+    await db.execute("DELETE FROM job_retries WHERE job_id = ?", (job.id,))
+
+
+async def _insert_idempotency(db: aiosqlite.Connection, record: IdempotencyRecord) -> None:
+    await db.execute(
+        "INSERT OR REPLACE INTO idempotency_keys (tenant, key, request_hash, job_id,"
+        " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            record.tenant,
+            record.key,
+            record.request_hash,
+            record.job_id,
+            to_ms(record.created_at),
+            to_ms(record.expires_at),
+        ),
+    )
+
+
+async def _copy_failed(db: aiosqlite.Connection, pk: int, job: Job, source: Job) -> None:
+    """A retry's items: the failed items of `source`, in order, linked both ways."""
+    cur = await db.execute(
+        "INSERT INTO items (job_pk, idx, item_id, payload)"
+        " SELECT ?, row_number() OVER (ORDER BY idx) - 1, item_id, payload"
+        " FROM items WHERE job_pk = ? AND status = 'failed' ORDER BY idx",
+        (pk, source.pk),
+    )
+    if cur.rowcount != job.total_items:
+        raise RuntimeError(f"{source.id} has {cur.rowcount} failed items, not {job.total_items}")
+    await db.execute(
+        "INSERT INTO job_retries (job_id, retry_of) VALUES (?, ?)", (job.id, source.id)
+    )
+    # The retry notifies the same webhook as the job it retries (checked again at
+    # delivery time like every target).
+    await db.execute(
+        "INSERT INTO webhook_subscriptions (job_pk, url, events, progress_interval_ms,"
+        " last_progress_at) SELECT ?, url, events, progress_interval_ms, ?"
+        " FROM webhook_subscriptions WHERE job_pk = ? AND gone_at IS NULL",
+        (pk, to_ms(job.created_at), source.pk),
+    )
+    # The source's representation gains a link: a new seq makes its ETag change.
+    await db.execute("UPDATE jobs SET seq = seq + 1 WHERE pk = ?", (source.pk,))
 
 
 async def _purge_job_rows(db: aiosqlite.Connection, job_pk: int) -> None:

@@ -20,14 +20,14 @@ async def _refresh(app: web.Application) -> None:
     engine = app[ENGINE]
     m = engine.metrics
     m.queue_chunks.set(engine.queue.qsize())
-    m.backlog_items.set(engine.scheduler.backlog_items)
     m.workers_busy.set(engine.workers.busy)
     m.sse_subscribers.set(app[STREAMS].open)
     m.webhook_in_flight.set(engine.webhooks.in_flight)
-    counts = await engine.store.count_jobs_by_status()
+    stats = await engine.store.stats()
+    m.backlog_items.set(stats.backlog_items)
     for status in JobStatus:
-        m.jobs.labels(status.value).set(counts.get(status.value, 0))
-    for state, n in (await engine.store.webhooks.count_by_status()).items():
+        m.jobs.labels(status.value).set(stats.jobs_by_status.get(status.value, 0))
+    for state, n in stats.webhooks_by_status.items():
         m.webhook_messages.labels(state).set(n)
 
 

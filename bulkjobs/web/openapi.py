@@ -145,7 +145,7 @@ def paths() -> dict[str, Schema]:
 
 JOB_HEADERS = "ETag Retry-After Expires Cache-Control"
 MISSING = "not_found job_not_found job_deleted job_expired"
-BUSY = "rate_limited too_many_active_jobs insufficient_storage server_busy shutting_down"
+BUSY = "rate_limited too_many_active_jobs insufficient_storage server_busy shutting_down service_degraded"
 SUBMIT_ERRORS = (
     f"malformed_json invalid_idempotency_key {MISSING} payload_too_large too_many_items"
     " unsupported_media_type validation_error invalid_ttl unknown_operation"

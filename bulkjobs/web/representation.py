@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..models import ItemRecord, Job, format_ts
+from .. import jsonutil
+from ..models import ItemRecord, ItemRow, Job, format_ts
 from .schemas import Wire, ref
 
 #: Poll hints are kept between these bounds (seconds).
@@ -83,15 +84,15 @@ JOB_WIRE = Wire(
 )
 
 
-def item_json(item: ItemRecord) -> dict[str, Any]:
-    body: dict[str, Any] = {"index": item.index}
+def item_json(item: ItemRow) -> dict[str, Any]:
+    body: dict[str, Any] = {"index": item.idx}
     if item.item_id is not None:
         body["id"] = item.item_id
-    body["status"] = item.status.value
-    if item.result is not None:
-        body["result"] = item.result
-    if item.error is not None:
-        body["error"] = {"code": item.error.code, "message": item.error.message}
+    body["status"] = item.status
+    if item.result_json is not None:
+        body["result"] = jsonutil.loads(item.result_json)
+    if item.error_code is not None:
+        body["error"] = {"code": item.error_code, "message": item.error_message or ""}
     body["attempts"] = item.attempts
     return body
 

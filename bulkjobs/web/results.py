@@ -20,8 +20,7 @@ from aiohttp import web
 from .. import jsonutil
 from ..csvcells import safe_cell
 from ..errors import BulkJobsError
-from ..models import Job
-from ..store.base import ResultRow
+from ..models import ItemRow, Job
 from .auth import tenant_of
 from .keys import SERVICE, SETTINGS
 from .render import render_job
@@ -82,8 +81,8 @@ async def download_results(request: web.Request) -> web.StreamResponse:
 
 async def _write_pages(
     resp: web.StreamResponse,
-    pages: AsyncGenerator[list[ResultRow], None],
-    encode: Callable[[list[ResultRow]], bytes],
+    pages: AsyncGenerator[list[ItemRow], None],
+    encode: Callable[[list[ItemRow]], bytes],
 ) -> None:
     async with contextlib.aclosing(pages):
         async for rows in pages:
@@ -176,11 +175,11 @@ def _download_headers(job: Job, media: str, request: web.Request) -> dict[str, s
 # -- encoding ----------------------------------------------------------------
 
 
-def encode_ndjson(rows: list[ResultRow]) -> bytes:
+def encode_ndjson(rows: list[ItemRow]) -> bytes:
     """One JSON object per line; stored results are embedded without re-encoding."""
     dumps, raw = jsonutil.dumps, jsonutil.raw_json
     lines = []
-    for idx, item_id, status, result, code, message in rows:
+    for idx, item_id, status, result, code, message, _attempts in rows:
         record: dict[str, Any] = {"index": idx}
         if item_id is not None:
             record["id"] = item_id
@@ -198,7 +197,7 @@ def encode_csv_header() -> bytes:
     return (",".join(CSV_HEADER) + "\r\n").encode()
 
 
-def encode_csv(rows: list[ResultRow]) -> bytes:
+def encode_csv(rows: list[ItemRow]) -> bytes:
     """RFC 4180 rows (csv module quoting); `result` holds the item's result as JSON.
 
     Cells that a spreadsheet would run as a formula get a `'` in front (OWASP);
@@ -206,12 +205,12 @@ def encode_csv(rows: list[ResultRow]) -> bytes:
     return _encode_csv(rows, safe_cell)
 
 
-def encode_raw_csv(rows: list[ResultRow]) -> bytes:
+def encode_raw_csv(rows: list[ItemRow]) -> bytes:
     """Like `encode_csv`, every cell as stored."""
     return _encode_csv(rows, lambda cell: cell)
 
 
-def _encode_csv(rows: list[ResultRow], cell: Callable[[Any], Any]) -> bytes:
+def _encode_csv(rows: list[ItemRow], cell: Callable[[Any], Any]) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerows(
@@ -223,7 +222,7 @@ def _encode_csv(rows: list[ResultRow], cell: Callable[[Any], Any]) -> bytes:
             cell(code or ""),
             cell(message or ""),
         )
-        for idx, item_id, status, result, code, message in rows
+        for idx, item_id, status, result, code, message, _attempts in rows
     )
     return buf.getvalue().encode()
 

@@ -12,7 +12,7 @@ from multidict import MultiMapping
 
 from .. import jsonutil
 from ..errors import BulkJobsError
-from ..models import Job
+from ..models import Job, utcnow
 from ..parsing import ascii_uint
 from ..service.intake import ndjson_to_body
 from ..service.jobs import MAX_PAGE, THREAD_INTAKE_BYTES, Page
@@ -178,13 +178,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the store takes writes, every background task runs, and not draining."""
+    """Ready when the store takes writes, every background loop runs, and not draining."""
     engine = request.app[ENGINE]
     checks: dict[str, object] = {"store": "ok", "tasks_alive": engine.alive}
     checks["draining"] = engine.draining
+    if engine.dead_loops:
+        checks["dead_loops"] = sorted(engine.dead_loops)
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            await engine.store.check_writable()
+            # A heartbeat is a write transaction: it proves the store takes writes.
+            await engine.store.heartbeat(
+                engine.owner, lease_s=engine.settings.lease_s, now=utcnow()
+            )
     except Exception as exc:  # any failure means "not ready", never a 500
         checks["store"] = f"error: {type(exc).__name__}"
     ready = checks["store"] == "ok" and engine.alive and not engine.draining

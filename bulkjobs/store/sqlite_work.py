@@ -1,0 +1,311 @@
+"""SQLite statements for running work: leases, settling outcomes, guarded transitions.
+
+Every function here runs inside a write transaction of `SQLiteStore` (the caller
+holds the writer lock); none commits. The state machine's guard is in the SQL: a
+transition updates a row only when its current status is one of `sources_of(target)`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiosqlite
+
+from .. import jsonutil, states
+from ..models import ItemOutcome, Job, JobError, JobStatus, WorkItem
+from .base import ChunkResult, Lease, OperationLimits
+from .rows import JOB_COLS, job_from_row
+
+logger = logging.getLogger(__name__)
+
+_ACTIVE = "status IN ('pending', 'running')"
+
+_UPDATE_ITEM = (
+    "UPDATE items SET status = ?, result = ?, error_code = ?, error_message = ?, attempts = ?"
+    " WHERE job_pk = ? AND idx = ? AND status = 'pending'"
+)
+
+_COUNTERS = f"""
+UPDATE jobs SET succeeded = succeeded + :succeeded, failed = failed + :failed,
+  updated_at = :now, seq = seq + 1
+WHERE pk = :pk RETURNING {JOB_COLS}
+"""
+
+_RECOUNT = f"""
+UPDATE jobs SET
+  succeeded = (SELECT count(*) FROM items WHERE job_pk = :pk AND status = 'succeeded'),
+  failed = (SELECT count(*) FROM items WHERE job_pk = :pk AND status = 'failed'),
+  cancelled = (SELECT count(*) FROM items WHERE job_pk = :pk AND status = 'cancelled')
+WHERE pk = :pk
+RETURNING {JOB_COLS}
+"""
+
+_NEXT_JOB = f"""
+SELECT {JOB_COLS} FROM jobs j
+WHERE j.{_ACTIVE} AND j.stop_status IS NULL AND j.next_idx < j.total_items
+  AND j.operation IN (SELECT value FROM json_each(:ops))
+ORDER BY coalesce((SELECT t.turn FROM tenant_turns t WHERE t.tenant = j.tenant), 0), j.turn, j.pk
+LIMIT 1
+"""
+
+_EXPIRED_LEASE = """
+SELECT pk, job_pk, first_idx, last_idx FROM leases
+WHERE expires_at <= :now AND operation IN (SELECT value FROM json_each(:ops))
+ORDER BY expires_at, pk LIMIT 1
+"""
+
+
+async def one(db: aiosqlite.Connection, sql: str, params: Any = ()) -> Any:
+    """The first row of a statement, or None."""
+    async with db.execute(sql, params) as cur:
+        return await cur.fetchone()
+
+
+async def job_by_pk(db: aiosqlite.Connection, pk: int) -> Job | None:
+    row = await one(db, f"SELECT {JOB_COLS} FROM jobs WHERE pk = ?", (pk,))
+    return job_from_row(row) if row else None
+
+
+# -- claiming ---------------------------------------------------------------------
+
+
+def claimable_ops(limits: Mapping[str, OperationLimits], out: Mapping[str, int]) -> list[str]:
+    """Operations with room under their concurrency limit (leases out, any owner)."""
+    return [
+        name
+        for name, lim in limits.items()
+        if lim.concurrency is None or out.get(name, 0) < lim.concurrency
+    ]
+
+
+async def leases_by_operation(db: aiosqlite.Connection) -> dict[str, int]:
+    async with db.execute("SELECT operation, count(*) FROM leases GROUP BY operation") as cur:
+        return {r[0]: r[1] for r in await cur.fetchall()}
+
+
+async def reclaim_expired(
+    db: aiosqlite.Connection, owner: str, ops_json: str, now_ms: int, expires_ms: int
+) -> Lease | Job | None:
+    """Take over the oldest expired lease: a Lease to work, or the settled Job when there
+    was nothing left in it to run (stopping job, or items already settled)."""
+    row = await one(db, _EXPIRED_LEASE, {"now": now_ms, "ops": ops_json})
+    if row is None:
+        return None
+    lease_pk, job_pk, first, last = row
+    job = await job_by_pk(db, job_pk)
+    items = [] if job is None or job.stop_requested else await _items(db, job_pk, first, last)
+    if job is None or not items:
+        await db.execute("DELETE FROM leases WHERE pk = ?", (lease_pk,))
+        return await settle(db, job, now_ms) if job is not None else None
+    await db.execute(
+        "UPDATE leases SET owner = ?, expires_at = ? WHERE pk = ?", (owner, expires_ms, lease_pk)
+    )
+    logger.info("lease %d of job %s reclaimed by %s", lease_pk, job.id, owner)
+    return Lease(lease_pk, job, items)
+
+
+async def _items(db: aiosqlite.Connection, job_pk: int, first: int, last: int) -> list[WorkItem]:
+    sql = (
+        "SELECT idx, item_id, payload FROM items"
+        " WHERE job_pk = ? AND idx BETWEEN ? AND ? AND status = 'pending' ORDER BY idx"
+    )
+    async with db.execute(sql, (job_pk, first, last)) as cur:
+        return [WorkItem(r[0], r[1], r[2]) for r in await cur.fetchall()]
+
+
+async def next_job(db: aiosqlite.Connection, ops_json: str) -> Job | None:
+    """The next job in turn: least recently served tenant, then its least recent job."""
+    row = await one(db, _NEXT_JOB, {"ops": ops_json})
+    return job_from_row(row) if row else None
+
+
+async def lease_span(
+    db: aiosqlite.Connection, job: Job, span_items: int, owner: str, now_ms: int, expires_ms: int
+) -> Lease | None:
+    """Lease the next `span_items` pending items of `job` after its claim frontier."""
+    sql = (
+        "SELECT idx, item_id, payload FROM items"
+        " WHERE job_pk = ? AND idx >= ? AND status = 'pending' ORDER BY idx LIMIT ?"
+    )
+    async with db.execute(sql, (job.pk, await _frontier(db, job.pk), span_items)) as cur:
+        items = [WorkItem(r[0], r[1], r[2]) for r in await cur.fetchall()]
+    if not items:
+        await db.execute("UPDATE jobs SET next_idx = total_items WHERE pk = ?", (job.pk,))
+        return None
+    cur = await db.execute(
+        "INSERT INTO leases (job_pk, first_idx, last_idx, owner, operation, expires_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (job.pk, items[0].index, items[-1].index, owner, job.operation, expires_ms),
+    )
+    lease_pk = cur.lastrowid
+    assert lease_pk is not None
+    job = await _take_turn(db, job, items[-1].index + 1)
+    if job.status is JobStatus.PENDING:
+        job = await transition(db, job.pk, JobStatus.RUNNING, now_ms)
+    return Lease(lease_pk, job, items)
+
+
+async def _frontier(db: aiosqlite.Connection, job_pk: int) -> int:
+    """The first index not yet leased (items before it are settled or out)."""
+    return int((await one(db, "SELECT next_idx FROM jobs WHERE pk = ?", (job_pk,)))[0])
+
+
+async def _take_turn(db: aiosqlite.Connection, job: Job, next_idx: int) -> Job:
+    """Move the job's claim frontier and send it and its tenant to the back of the line."""
+    turn = (await one(db, "SELECT coalesce(max(turn), 0) + 1 FROM tenant_turns"))[0]
+    await db.execute(
+        "INSERT INTO tenant_turns (tenant, turn) VALUES (?, ?)"
+        " ON CONFLICT (tenant) DO UPDATE SET turn = excluded.turn",
+        (job.tenant, turn),
+    )
+    row = await one(
+        db,
+        f"UPDATE jobs SET next_idx = ?, turn = ? WHERE pk = ? RETURNING {JOB_COLS}",
+        (next_idx, turn, job.pk),
+    )
+    return job_from_row(row)
+
+
+# -- settling ---------------------------------------------------------------------
+
+
+async def owned_leases(db: aiosqlite.Connection, owner: str, pks: Sequence[int]) -> set[int]:
+    marks = ",".join("?" * len(pks))
+    sql = f"SELECT pk FROM leases WHERE owner = ? AND pk IN ({marks})"
+    async with db.execute(sql, (owner, *pks)) as cur:
+        return {r[0] for r in await cur.fetchall()}
+
+
+async def apply_outcomes(
+    db: aiosqlite.Connection, kept: Sequence[ChunkResult], now_ms: int
+) -> list[Job]:
+    """Write the outcomes of owned chunks and move their jobs' counters to match."""
+    deltas: dict[int, list[int]] = {}
+    outcomes: list[ItemOutcome] = []
+    for result in kept:
+        d = deltas.setdefault(result.job_pk, [0, 0])
+        for o in result.outcomes:
+            d[0 if o.status == "succeeded" else 1] += 1
+        outcomes.extend(result.outcomes)
+    applied = (await db.executemany(_UPDATE_ITEM, outcomes)).rowcount if outcomes else 0
+    jobs = []
+    for pk, (ok, bad) in deltas.items():
+        params = {"pk": pk, "succeeded": ok, "failed": bad, "now": now_ms}
+        jobs.append(job_from_row(await one(db, _COUNTERS, params)))
+    if applied != len(outcomes):
+        # Some outcome hit an item that was no longer pending: trust the items.
+        logger.warning("%d stale outcomes ignored; recounting", len(outcomes) - applied)
+        jobs = [job_from_row(await one(db, _RECOUNT, {"pk": j.pk})) for j in jobs]
+    return jobs
+
+
+async def settle(db: aiosqlite.Connection, job: Job, now_ms: int) -> Job:
+    """Stop a job past its failure threshold; finish one with no leases and nothing left."""
+    if job.is_terminal:
+        return job
+    if job.max_failed is not None and job.failed > job.max_failed and not job.stop_requested:
+        job = await request_stop(db, job, JobStatus.FAILED, now_ms, _threshold_error(job))
+    if await one(db, "SELECT 1 FROM leases WHERE job_pk = ? LIMIT 1", (job.pk,)):
+        return job
+    if job.stop_requested:
+        return await finish(db, job, job.stop_requested, now_ms)
+    if await _frontier(db, job.pk) < job.total_items:
+        return job
+    if job.processed < job.total_items:
+        # Outcomes of a span were lost (a worker gave up on it): claim its items again.
+        first = await one(
+            db, "SELECT min(idx) FROM items WHERE job_pk = ? AND status = 'pending'", (job.pk,)
+        )
+        if first[0] is not None:
+            await db.execute("UPDATE jobs SET next_idx = ? WHERE pk = ?", (first[0], job.pk))
+            return job
+    return await finish(db, job, JobStatus.COMPLETED, now_ms)
+
+
+def _threshold_error(job: Job) -> JobError:
+    msg = f"{job.failed} items failed, more than the threshold of {job.max_failed} for the job"
+    return JobError("failure_threshold_exceeded", msg)
+
+
+async def request_stop(
+    db: aiosqlite.Connection, job: Job, status: JobStatus, now_ms: int, error: JobError | None
+) -> Job:
+    """Record that the job stops as `status` once its leases settle (first request wins)."""
+    states.check(job.status, status)
+    row = await one(
+        db,
+        "UPDATE jobs SET stop_status = coalesce(stop_status, :status),"
+        " stop_code = CASE WHEN stop_status IS NULL THEN :code ELSE stop_code END,"
+        " stop_message = CASE WHEN stop_status IS NULL THEN :message ELSE stop_message END,"
+        " cancel_requested_at = CASE WHEN :status = 'cancelled'"
+        "   THEN coalesce(cancel_requested_at, :now) ELSE cancel_requested_at END,"
+        f" updated_at = :now, seq = seq + 1 WHERE pk = :pk RETURNING {JOB_COLS}",
+        {
+            "status": status.value,
+            "code": error.code if error else None,
+            "message": error.message if error else None,
+            "now": now_ms,
+            "pk": job.pk,
+        },
+    )
+    return job_from_row(row)
+
+
+async def finish(db: aiosqlite.Connection, job: Job, status: JobStatus, now_ms: int) -> Job:
+    """The terminal transition: pending items become cancelled, then the status moves."""
+    if status is not JobStatus.COMPLETED:
+        cur = await db.execute(
+            "UPDATE items SET status = 'cancelled' WHERE job_pk = ? AND status = 'pending'",
+            (job.pk,),
+        )
+        if cur.rowcount:
+            await db.execute(
+                "UPDATE jobs SET cancelled = cancelled + ? WHERE pk = ?", (cur.rowcount, job.pk)
+            )
+    await db.execute("DELETE FROM leases WHERE job_pk = ?", (job.pk,))
+    return await transition(db, job.pk, status, now_ms)
+
+
+_TRANSITION = f"""
+UPDATE jobs SET
+  status = :target,
+  started_at = CASE WHEN :target = 'running' THEN coalesce(started_at, :now) ELSE started_at END,
+  completed_at = CASE WHEN :terminal THEN :now ELSE completed_at END,
+  expires_at = CASE WHEN :terminal THEN :now + ttl_s * 1000 ELSE expires_at END,
+  error_code = coalesce(:code, CASE WHEN :target = stop_status THEN stop_code END, error_code),
+  error_message = coalesce(:message,
+    CASE WHEN :target = stop_status THEN stop_message END, error_message),
+  stop_status = CASE WHEN :terminal THEN NULL ELSE stop_status END,
+  updated_at = :now,
+  seq = seq + 1
+WHERE pk = :pk AND status IN (SELECT value FROM json_each(:sources))
+RETURNING {JOB_COLS}
+"""
+
+
+async def transition(
+    db: aiosqlite.Connection,
+    job_pk: int,
+    target: JobStatus,
+    now_ms: int,
+    error: JobError | None = None,
+) -> Job:
+    """Move the job to `target` if the state machine allows it from its current status."""
+    params = {
+        "pk": job_pk,
+        "target": target.value,
+        "terminal": target.is_terminal,
+        "code": error.code if error else None,
+        "message": error.message if error else None,
+        "now": now_ms,
+        "sources": jsonutil.dumps_str([s.value for s in states.sources_of(target)]),
+    }
+    row = await one(db, _TRANSITION, params)
+    if row is None:
+        current = await job_by_pk(db, job_pk)
+        if current is None:
+            raise KeyError(f"job {job_pk} does not exist")
+        raise states.IllegalTransition(current.status, target)
+    return job_from_row(row)
