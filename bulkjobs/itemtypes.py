@@ -62,13 +62,6 @@ class ItemType:
             raise TypeError("item must be an object")
         return _FAST.structure(payload, self.cls)
 
-    def is_valid(self, payload: Any) -> bool:
-        try:
-            self.structure(payload)
-        except Exception:
-            return False
-        return True
-
     def errors(self, payload: Any) -> list[tuple[Pointer, str]]:
         """Every problem with one item, as (relative pointer, detail) pairs."""
         if not isinstance(payload, dict):

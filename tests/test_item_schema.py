@@ -112,7 +112,7 @@ BAD: list[dict[str, Any]] = [
 def test_schema_and_intake_agree(change: dict[str, Any], ok: bool) -> None:
     payload = {**VALID, **change}
     assert Draft202012Validator(item_schema(Line)).is_valid(payload) is ok
-    assert ItemType(Line).is_valid(payload) is ok
+    assert _accepts(ItemType(Line), payload) is ok
 
 
 @pytest.mark.parametrize("change", BAD)
@@ -146,3 +146,11 @@ def _registry() -> Registry:
         return None
 
     return reg
+
+
+def _accepts(kind: ItemType, payload: object) -> bool:
+    try:
+        kind.structure(payload)
+    except Exception:
+        return False
+    return True

@@ -21,9 +21,9 @@ from bulkjobs.models import (
     new_job_id,
     utcnow,
 )
+from bulkjobs.outbox import DeliveryAttempt, Message, MessageStatus, WebhookSubscription
 from bulkjobs.registry import Registry
 from bulkjobs.service.webhooks import Delivery
-from bulkjobs.store.webhooks import Attempt, Message, MessageStatus, Subscription
 from bulkjobs.web.docs import error_type_json
 from bulkjobs.web.keys import ENGINE, SETTINGS
 from bulkjobs.web.openapi import build_document, mounted_routes
@@ -187,10 +187,10 @@ def test_webhook_and_catalog_representations_match_their_wires() -> None:
     url = "https://example.com/hook"
     pending = MessageStatus.PENDING
     message = Message(1, "msg_1", 1, "job_1", "job.done", now, pending, 1, 0, now, None, url, b"")
-    attempts = [Attempt(now, 12, 500, "HTTP 500", now), Attempt(now, 3)]
+    attempts = [DeliveryAttempt(now, 12, 500, "HTTP 500", now), DeliveryAttempt(now, 3)]
     assert _conforms(doc, "Delivery", delivery_json(Delivery(message, attempts), "/x"))
     for gone in (None, now):
-        sub = Subscription(1, url, ("job.completed",), gone)
+        sub = WebhookSubscription(1, url, ("job.completed",), gone)
         assert _conforms(doc, "WebhookState", subscription_json(sub))
     for ptype in CATALOG.values():
         assert _conforms(doc, "ErrorType", error_type_json(ptype, "/api"))

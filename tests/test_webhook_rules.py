@@ -14,6 +14,7 @@ import pytest
 
 from bulkjobs.config import Settings
 from bulkjobs.models import Job, JobStatus
+from bulkjobs.outbox import ProgressState, job_from_snapshot, job_snapshot
 from bulkjobs.service.webhooks.policy import (
     DEFAULT_SCHEDULE_S,
     Verdict,
@@ -22,9 +23,9 @@ from bulkjobs.service.webhooks.policy import (
     parse_schedule,
     retry_after_s,
 )
+from bulkjobs.service.webhooks.rules import progress_key
 from bulkjobs.service.webhooks.targets import is_forbidden, url_problem
 from bulkjobs.signing import new_secret, parse_secrets, sign
-from bulkjobs.store.webhooks import ProgressState, job_from_snapshot, job_snapshot, progress_key
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiohttp
@@ -14,6 +15,7 @@ import attrs
 from yarl import URL
 
 from .. import jsonutil
+from ..parsing import retry_after_s as parse_retry_after
 from .errors import ApiError, TransportError, Unavailable, api_error
 
 logger = logging.getLogger(__name__)
@@ -42,12 +44,8 @@ class RetryPolicy:
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
-    """`Retry-After` in seconds (delta form only), or None."""
-    raw = headers.get("Retry-After", "")
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        return None
+    """`Retry-After` of an answer in seconds (delta-seconds or HTTP-date), or None."""
+    return parse_retry_after(headers.get("Retry-After"), datetime.now(UTC))
 
 
 async def raise_for_problem(resp: aiohttp.ClientResponse) -> None:

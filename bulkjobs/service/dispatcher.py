@@ -87,6 +87,10 @@ class Dispatcher:
     def leases(self) -> int:
         return len(self._runs)
 
+    def runs_for(self, job_pk: int) -> list[LeaseRun]:
+        """The leases of one job this process is working."""
+        return [run for run in self._runs.values() if run.pk == job_pk]
+
     def stop_jobs(self, job_pks: Iterable[int]) -> None:
         """Workers of these jobs stop between items; their leases settle as stopped."""
         wanted = set(job_pks)

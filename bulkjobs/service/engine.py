@@ -22,8 +22,8 @@ from ..config import Settings
 from ..models import Job, JobError, JobStatus, utcnow
 from ..registry import LifespanInfo, Registry
 from ..states import IllegalTransition
-from ..store import JobFilter, Store, open_store
-from ..store.base import Settled
+from ..store import Backend, JobFilter, open_store
+from ..store.base import Settled, StoreStats
 from .dispatcher import Chunk, DispatchConfig, Dispatcher, LeaseRun
 from .events import EventHub
 from .metrics import Metrics
@@ -31,6 +31,7 @@ from .retention import Janitor
 from .supervisor import Supervisor
 from .webhooks import DispatcherConfig, WebhookDispatcher
 from .webhooks.dispatcher import RenderJob, plain_job
+from .webhooks.rules import due_message
 from .workers import WorkerPool
 from .writer import ResultWriter
 
@@ -57,16 +58,17 @@ class Engine:
         self,
         settings: Settings,
         registry: Registry,
-        store: Store | None = None,
+        store: Backend | None = None,
         *,
         render_job: RenderJob = plain_job,
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self.store: Store = store or open_store(
+        self.store: Backend = store or open_store(
             settings.db_path,
             synchronous=settings.sqlite_synchronous,
             busy_timeout_ms=settings.busy_timeout_ms,
+            outbox_rule=due_message,
         )
         self.owner = new_owner_id()
         self.events_secret = b""
@@ -105,7 +107,7 @@ class Engine:
         self.draining = False
         self.janitor = Janitor(self.store, settings, on_removed=self._on_removed)
         self.webhooks = WebhookDispatcher(
-            self.store.webhooks, DispatcherConfig.from_settings(settings), render_job
+            self.store, DispatcherConfig.from_settings(settings), render_job
         )
         self.metrics.watch_webhooks(self.webhooks.stats)
         self._lifespans = contextlib.AsyncExitStack()
@@ -160,6 +162,7 @@ class Engine:
             self.hub.publish(job)
             if job.is_terminal:
                 _log_finished(job)
+                self.webhooks.notify()  # its terminal message may be in the outbox now
             elif job.stop_requested is not None:
                 stopping.append(job.pk)
         if stopping:
@@ -182,6 +185,14 @@ class Engine:
         self.hub.forget(job.id)
 
     # -- health and stop -----------------------------------------------------
+
+    async def check_writable(self) -> None:
+        """Renew our leases: a write transaction, so it proves the store takes writes."""
+        await self.store.heartbeat(self.owner, lease_s=self.settings.lease_s, now=utcnow())
+
+    async def stats(self) -> StoreStats:
+        """Counts of jobs, backlog and webhook messages, from the store."""
+        return await self.store.stats()
 
     @property
     def dead_loops(self) -> dict[str, str]:

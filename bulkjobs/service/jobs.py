@@ -78,7 +78,7 @@ class JobService:
         self._rate = RateLimiter(s.submit_rate_per_s, s.submit_burst)
         self._disk = DiskGuard(s.db_path, s.min_free_disk_bytes)
         self.webhooks = WebhookService(
-            engine.store.webhooks,
+            engine.store,
             engine.webhooks,
             allow_private=s.webhook_allow_private,
             progress_interval_s=s.webhook_progress_interval_s,

@@ -35,13 +35,6 @@ class ChunkDone:
     outcomes: list[ItemOutcome]
 
 
-@attrs.define
-class CommitStats:
-    commits: int = 0
-    rows: int = 0
-    seconds: float = 0.0
-
-
 class ResultWriter:
     """Owns the write side of the store during processing; see module doc."""
 
@@ -63,15 +56,10 @@ class ResultWriter:
         self._max_rows = max_rows
         self._linger_s = linger_ms / 1000
         self._queue: asyncio.Queue[ChunkDone | None] = asyncio.Queue(queue_size)
-        self.stats = CommitStats()
 
     async def put(self, entry: ChunkDone) -> None:
         """Queue an entry; waits while the queue is full (backpressure on workers)."""
         await self._queue.put(entry)
-
-    @property
-    def backlog(self) -> int:
-        return self._queue.qsize()
 
     async def close(self) -> None:
         """Ask the loop to flush what is queued and return (await `run` afterwards)."""
@@ -133,9 +121,6 @@ class ResultWriter:
                 continue
             break
         elapsed = time.perf_counter() - started
-        self.stats.commits += 1
-        self.stats.rows += rows
-        self.stats.seconds += elapsed
         self._metrics.commit_rows.observe(rows)
         self._metrics.commit_seconds.observe(elapsed)
         try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .base import ChunkResult, JobFilter, Lease, NewJob, OperationLimits, Store
+from typing import Protocol
+
+from .base import ChunkResult, JobFilter, Lease, NewJob, OperationLimits, Store, WebhookStore
 
 __all__ = [
     "ChunkResult",
@@ -11,11 +13,16 @@ __all__ = [
     "NewJob",
     "OperationLimits",
     "Store",
+    "WebhookStore",
     "open_store",
 ]
 
 
-def open_store(url_or_path: str, **options: object) -> Store:
+class Backend(Store, WebhookStore, Protocol):
+    """A store for jobs and for the webhook outbox: what `open_store` returns."""
+
+
+def open_store(url_or_path: str, **options: object) -> Backend:
     """A store for a path (SQLite); other schemes are for backends added later."""
     if url_or_path.startswith(("postgres://", "postgresql://")):
         raise ValueError("the PostgreSQL backend is not part of this build")

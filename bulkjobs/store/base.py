@@ -16,7 +16,7 @@ from typing import Protocol
 import attrs
 
 from ..models import ItemOutcome, ItemRow, ItemStatus, Job, JobError, JobStatus, NewItem, WorkItem
-from .webhooks import NewWebhook, WebhookStore
+from ..outbox import AttemptRecord, Deliveries, Due, NewWebhook
 
 
 @attrs.frozen
@@ -156,12 +156,7 @@ class StoreStats:
 
 
 class Store(Protocol):
-    """What the service needs from durable storage."""
-
-    @property
-    def webhooks(self) -> WebhookStore:
-        """Subscriptions, outbox and attempts of webhooks (store/webhooks.py)."""
-        ...
+    """What the service needs from durable storage (webhooks: `WebhookStore`)."""
 
     async def open(self) -> bytes:
         """Open (and own) the store, migrate it; return the events-token signing secret."""
@@ -227,4 +222,30 @@ class Store(Protocol):
     ) -> Maintenance:
         """Expire up to `expire_jobs` jobs, purge up to `purge_items` items of removed
         jobs, and drop tombstones and idempotency keys past their time."""
+        ...
+
+
+class WebhookStore(Protocol):
+    """The webhook outbox as the dispatcher and the deliveries API need it. Messages are
+    added by the store itself, in the transactions of the changes they announce."""
+
+    async def due(
+        self, now: datetime, *, after: tuple[int, int] | None, limit: int, upcoming: int = 0
+    ) -> Due:
+        """Pending messages due by `now` after `(due_ms, pk)`, oldest first; with
+        `upcoming`, also (pk, due time) of that many earliest pending messages."""
+        ...
+
+    async def record(self, message_pk: int, rec: AttemptRecord) -> None:
+        """Store one delivery attempt and the message's new state."""
+        ...
+
+    async def deliveries(
+        self, job_pk: int, *, after_pk: int, limit: int, message_id: str | None = None
+    ) -> Deliveries:
+        """A page of a job's messages (or the one with `message_id`) with attempts."""
+        ...
+
+    async def redeliver(self, job_pk: int, message_id: str, now: datetime) -> bool:
+        """Make a message due now with a fresh schedule; False when there is none."""
         ...

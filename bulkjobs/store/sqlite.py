@@ -20,6 +20,7 @@ import aiosqlite
 
 from .. import failpoints, jsonutil, states
 from ..models import ItemRow, ItemStatus, Job, JobError, JobStatus, NewItem
+from ..outbox import AttemptRecord, Deliveries, Due, NewWebhook, OutboxRule
 from . import sqlite_work as work
 from .base import (
     Beat,
@@ -41,7 +42,7 @@ from .reader import Reader
 from .rows import JOB_COLS, job_from_row
 from .schema import MIGRATIONS
 from .timestamps import from_ms, to_ms
-from .webhooks import NewWebhook, SQLiteWebhooks
+from .webhooks import SQLiteWebhooks
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,14 @@ class StoreLocked(RuntimeError):
 class SQLiteStore:
     """The embedded store: one file owned by one process, WAL, one writer connection."""
 
-    def __init__(self, path: str, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 10_000):
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_ms: int = 10_000,
+        outbox_rule: OutboxRule = lambda _state, _job, _now_ms: None,
+    ):
         self.path = path
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
@@ -64,7 +72,7 @@ class SQLiteStore:
         self._lock_file: IO[bytes] | None = None
         self._write_lock = asyncio.Lock()
         self._unsettled = False  # a transaction ended without a settled commit/rollback
-        self.webhooks = SQLiteWebhooks(self._txn, lambda: self._r)
+        self._outbox = SQLiteWebhooks(self._txn, lambda: self._r, outbox_rule)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -197,7 +205,7 @@ class SQLiteStore:
             [(pk, idx, item_id, payload) for idx, item_id, payload in items],
         )
         if webhook is not None:
-            await self.webhooks.subscribe_in(db, pk, job.created_at, webhook)
+            await self._outbox.subscribe_in(db, pk, job.created_at, webhook)
         return pk
 
     # -- running work ----------------------------------------------------
@@ -215,7 +223,7 @@ class SQLiteStore:
                 if not isinstance(got, Job):
                     break
                 settled.append(got)
-            await self.webhooks.enqueue_in(db, settled, now)
+            await self._outbox.enqueue_in(db, settled, now)
         return Claimed(got if isinstance(got, Lease) else None, settled)
 
     async def _claim_one(
@@ -252,7 +260,7 @@ class SQLiteStore:
                 marks = ",".join("?" * len(released))
                 await db.execute(f"DELETE FROM leases WHERE pk IN ({marks})", released)
             jobs = await self._settle_all(db, jobs, {r.job_pk for r in kept}, now_ms)
-            grew = await self.webhooks.enqueue_in(db, jobs, now)
+            grew = await self._outbox.enqueue_in(db, jobs, now)
             failpoints.hit("commit")  # crash tests: inside the group commit's transaction
         lost = frozenset(r.lease_pk for r in results if r.lease_pk not in owned)
         if lost:
@@ -283,7 +291,7 @@ class SQLiteStore:
             job = await work.request_stop(db, job, status, now_ms, error)
             failpoints.hit("cancel")  # crash tests: stop requested, not committed
             job = await work.settle(db, job, now_ms)
-            await self.webhooks.enqueue_in(db, [job], now)
+            await self._outbox.enqueue_in(db, [job], now)
         return job
 
     async def heartbeat(self, owner: str, *, lease_s: float, now: datetime) -> Beat:
@@ -370,10 +378,30 @@ class SQLiteStore:
         active = [r for r in rows if r[0] in ("pending", "running")]
         return StoreStats(
             jobs_by_status={r[0]: r[1] for r in rows},
-            webhooks_by_status=await self.webhooks.count_by_status(),
+            webhooks_by_status=await self._outbox.count_by_status(),
             backlog_items=sum(r[2] or 0 for r in active),
             tenant_active_jobs=sum(r[3] or 0 for r in active),
         )
+
+    # -- the webhook outbox (WebhookStore) --------------------------------------
+
+    async def due(
+        self, now: datetime, *, after: tuple[int, int] | None, limit: int, upcoming: int = 0
+    ) -> Due:
+        return await self._outbox.due(now, after=after, limit=limit, upcoming=upcoming)
+
+    async def record(self, message_pk: int, rec: AttemptRecord) -> None:
+        await self._outbox.record(message_pk, rec)
+
+    async def deliveries(
+        self, job_pk: int, *, after_pk: int, limit: int, message_id: str | None = None
+    ) -> Deliveries:
+        return await self._outbox.deliveries(
+            job_pk, after_pk=after_pk, limit=limit, message_id=message_id
+        )
+
+    async def redeliver(self, job_pk: int, message_id: str, now: datetime) -> bool:
+        return await self._outbox.redeliver(job_pk, message_id, now)
 
     # -- removal and maintenance ---------------------------------------------
 

@@ -23,7 +23,7 @@ async def _refresh(app: web.Application) -> None:
     m.workers_busy.set(engine.workers.busy)
     m.sse_subscribers.set(app[STREAMS].open)
     m.webhook_in_flight.set(engine.webhooks.in_flight)
-    stats = await engine.store.stats()
+    stats = await engine.stats()
     m.backlog_items.set(stats.backlog_items)
     for status in JobStatus:
         m.jobs.labels(status.value).set(stats.jobs_by_status.get(status.value, 0))

@@ -14,8 +14,8 @@ from ..config import Settings
 from ..errors import CATALOG, ITEM_ERROR_CODES, ProblemType
 from ..itemtypes import enum_schema, item_schema
 from ..models import ItemError, ItemStatus, JobStatus
+from ..outbox import EVENT_TYPES, DeliveryAttempt, Message, WebhookSubscription
 from ..registry import OperationOptions, Registry
-from ..store.webhooks import EVENT_TYPES, Attempt, Message, Subscription
 from .representation import ITEM_WIRE, JOB_ID_PATTERN, JOB_LINKS, JOB_WIRE, LINEAGE_LINKS
 from .schemas import STRING, Schema, Wire, closed, nullable, open_object, page, ref, wire_schema
 
@@ -145,7 +145,10 @@ def paths() -> dict[str, Schema]:
 
 JOB_HEADERS = "ETag Retry-After Expires Cache-Control"
 MISSING = "not_found job_not_found job_deleted job_expired"
-BUSY = "rate_limited too_many_active_jobs insufficient_storage server_busy shutting_down service_degraded"
+BUSY = (
+    "rate_limited too_many_active_jobs insufficient_storage server_busy shutting_down"
+    " service_degraded"
+)
 SUBMIT_ERRORS = (
     f"malformed_json invalid_idempotency_key {MISSING} payload_too_large too_many_items"
     " unsupported_media_type validation_error invalid_ttl unknown_operation"
@@ -307,7 +310,9 @@ HEADERS: dict[str, Schema] = {
 
 # The shapes of web/webhooks.py (`attempt_json`, `delivery_json`, `subscription_json`)
 # and web/docs.py (`error_type_json`); each belongs next to its function.
-ATTEMPT_WIRE = Wire(Attempt, ("at", "status_code", "error", "duration_ms", "next_attempt_at"))
+ATTEMPT_WIRE = Wire(
+    DeliveryAttempt, ("at", "status_code", "error", "duration_ms", "next_attempt_at")
+)
 DELIVERY_WIRE = Wire(
     Message,
     ("id", "type", "status", "created_at", "delivered_at", "next_attempt_at", "attempts"),
@@ -318,7 +323,7 @@ DELIVERY_WIRE = Wire(
     },
 )
 SUBSCRIPTION_WIRE = Wire(
-    Subscription, ("url", "events", "gone_at"), added={"status": Literal["active", "gone"]}
+    WebhookSubscription, ("url", "events", "gone_at"), added={"status": Literal["active", "gone"]}
 )
 ERROR_TYPE_WIRE = Wire(
     ProblemType,

@@ -113,7 +113,7 @@ def etag(job: Job) -> str:
     return f'"{job.id[4:]}-{job.seq}"'
 
 
-def retry_after_s(job: Job) -> int | None:
+def poll_hint_s(job: Job) -> int | None:
     """A poll hint for a job that is still running; None once it is terminal."""
     if job.is_terminal:
         return None

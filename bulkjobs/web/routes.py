@@ -12,7 +12,7 @@ from multidict import MultiMapping
 
 from .. import jsonutil
 from ..errors import BulkJobsError
-from ..models import Job, utcnow
+from ..models import Job
 from ..parsing import ascii_uint
 from ..service.intake import ndjson_to_body
 from ..service.jobs import MAX_PAGE, THREAD_INTAKE_BYTES, Page
@@ -20,7 +20,7 @@ from .auth import tenant_of
 from .keys import ENGINE, SERVICE, SETTINGS
 from .polling import read_job
 from .render import render_job
-from .representation import etag, item_json, retry_after_s
+from .representation import etag, item_json, poll_hint_s
 from .results import with_lineage
 
 routes = web.RouteTableDef()
@@ -45,7 +45,7 @@ def _base(request: web.Request) -> str:
 
 def _job_headers(request: web.Request, job: Job) -> dict[str, str]:
     headers = {"ETag": etag(job), "Cache-Control": "no-cache"}
-    hint = retry_after_s(job)
+    hint = poll_hint_s(job)
     if hint is not None:
         headers["Retry-After"] = str(hint)
     if job.expires_at is not None:
@@ -186,10 +186,7 @@ async def readyz(request: web.Request) -> web.Response:
         checks["dead_loops"] = sorted(engine.dead_loops)
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
-            # A heartbeat is a write transaction: it proves the store takes writes.
-            await engine.store.heartbeat(
-                engine.owner, lease_s=engine.settings.lease_s, now=utcnow()
-            )
+            await engine.check_writable()
     except Exception as exc:  # any failure means "not ready", never a 500
         checks["store"] = f"error: {type(exc).__name__}"
     ready = checks["store"] == "ok" and engine.alive and not engine.draining

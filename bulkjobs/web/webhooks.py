@@ -8,9 +8,9 @@ from typing import Any
 from aiohttp import web
 
 from ..models import format_ts
+from ..outbox import DeliveryAttempt, MessageStatus, WebhookSubscription
 from ..service.jobs import decode_cursor, encode_cursor
 from ..service.webhooks import Delivery
-from ..store.webhooks import Attempt, MessageStatus, Subscription
 from .auth import tenant_of
 from .keys import SERVICE, SETTINGS
 from .routes import json_response, page_limit
@@ -18,7 +18,7 @@ from .routes import json_response, page_limit
 routes = web.RouteTableDef()
 
 
-def attempt_json(a: Attempt) -> dict[str, Any]:
+def attempt_json(a: DeliveryAttempt) -> dict[str, Any]:
     return {
         "at": format_ts(a.at),
         "status_code": a.status_code,
@@ -45,7 +45,7 @@ def delivery_json(d: Delivery, href: str) -> dict[str, Any]:
     }
 
 
-def subscription_json(sub: Subscription | None) -> dict[str, Any] | None:
+def subscription_json(sub: WebhookSubscription | None) -> dict[str, Any] | None:
     if sub is None:
         return None
     return {

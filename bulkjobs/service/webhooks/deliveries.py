@@ -7,23 +7,16 @@ import attrs
 
 from ...errors import BulkJobsError
 from ...models import Job, utcnow
-from ...store.webhooks import Attempt, Message, NewWebhook, Subscription, WebhookStore
+from ...outbox import Delivery, NewWebhook, WebhookSubscription
+from ...store import WebhookStore
 from .dispatcher import WebhookDispatcher
 from .subscription import WebhookSpec
 from .targets import ForbiddenTarget, check_target
 
 
 @attrs.frozen
-class Delivery:
-    """One message and its attempts, as listed."""
-
-    message: Message
-    attempts: list[Attempt]
-
-
-@attrs.frozen
 class DeliveryPage:
-    subscription: Subscription | None
+    subscription: WebhookSubscription | None
     data: list[Delivery]
     next_after: int | None
 
@@ -70,22 +63,17 @@ class WebhookService:
 
     async def list(self, job: Job, after_pk: int, limit: int) -> DeliveryPage:
         """A page of the job's messages, oldest first, each with all its attempts."""
-        messages = await self._store.messages(job.pk, after_pk, limit + 1)
-        more = len(messages) > limit
-        messages = messages[:limit]
-        attempts = await self._store.attempts([m.pk for m in messages])
-        data = [Delivery(m, attempts[m.pk]) for m in messages]
-        sub = await self._store.subscription(job.pk)
-        return DeliveryPage(sub, data, messages[-1].pk if more else None)
+        page = await self._store.deliveries(job.pk, after_pk=after_pk, limit=limit + 1)
+        data = list(page.data[:limit])
+        more = len(page.data) > limit
+        return DeliveryPage(page.subscription, data, data[-1].message.pk if more else None)
 
     async def redeliver(self, job: Job, msg_id: str) -> Delivery:
         """Send a message again now (it keeps its id); re-enables a stopped subscription."""
-        found = await self._store.message(job.pk, msg_id)
-        if found is None:
+        if not await self._store.redeliver(job.pk, msg_id, utcnow()):
             raise BulkJobsError(
                 "webhook_message_not_found", f"Job {job.id} has no webhook message {msg_id!r}."
             )
-        message = await self._store.redeliver(found.pk, utcnow())
         self._dispatcher.wake()
-        attempts = await self._store.attempts([message.pk])
-        return Delivery(message, attempts[message.pk])
+        page = await self._store.deliveries(job.pk, after_pk=0, limit=1, message_id=msg_id)
+        return page.data[0]

@@ -24,8 +24,9 @@ from yarl import URL
 from ... import jsonutil
 from ...config import Settings
 from ...models import Job, format_ts, utcnow
+from ...outbox import AttemptRecord, DeliveryAttempt, Message, MessageStatus
 from ...signing import parse_secrets, sign
-from ...store.webhooks import Attempt, AttemptRecord, Message, MessageStatus, WebhookStore
+from ...store import WebhookStore
 from .policy import Verdict, judge, next_attempt, parse_schedule, retry_after_s
 from .targets import ForbiddenTarget, GuardedResolver, check_target
 
@@ -96,17 +97,14 @@ class WebhookDispatcher:
         self._render_job = render_job
         self._wake = asyncio.Event()
         self._quiet = asyncio.Event()
-        self._seen_seq = -1
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._host_load: collections.Counter[str] = collections.Counter()
         self._held: dict[int, float] = {}  # pk -> loop time before which it is not sent
         self.stats = DeliveryStats()
 
     def notify(self) -> None:
-        """Called after each group commit: wake up only when the outbox grew."""
-        if self._store.outbox_seq != self._seen_seq:
-            self._seen_seq = self._store.outbox_seq
-            self.wake()
+        """Called when a commit added messages to the outbox."""
+        self.wake()
 
     def wake(self) -> None:
         self._quiet.clear()
@@ -159,7 +157,7 @@ class WebhookDispatcher:
         after: tuple[int, int] | None = None
         now = utcnow()
         while self._free_slots() and scanned < _MAX_SCAN:
-            page = await self._store.due(now, after, _SCAN_PAGE)
+            page = (await self._store.due(now, after=after, limit=_SCAN_PAGE)).messages
             started += sum(self._maybe_start(session, m) for m in page)
             scanned += len(page)
             if len(page) < _SCAN_PAGE:
@@ -198,7 +196,8 @@ class WebhookDispatcher:
         """How long to wait for a wake-up: until the next due message, or for a slot."""
         if not self._free_slots():
             return None  # a finishing delivery wakes us
-        upcoming = await self._store.next_due(len(self._inflight) + len(self._held) + 1)
+        wanted = len(self._inflight) + len(self._held) + 1
+        upcoming = (await self._store.due(utcnow(), after=None, limit=0, upcoming=wanted)).upcoming
         skip = self._inflight.keys() | self._held.keys()
         due = next((at for pk, at in upcoming if pk not in skip), None)
         held_s = self._held_delay()
@@ -241,7 +240,7 @@ class WebhookDispatcher:
         started = time.perf_counter()
         answer = await self._guarded_try(session, m)
         duration_ms = int((time.perf_counter() - started) * 1000)
-        attempt = Attempt(at, duration_ms, answer.status_code, answer.error)
+        attempt = DeliveryAttempt(at, duration_ms, answer.status_code, answer.error)
         try:
             record = self._decide(m, attempt, answer)
         except Exception:
@@ -306,7 +305,7 @@ class WebhookDispatcher:
             "webhook-signature": sign(list(self.config.keys), msg_id, timestamp_s, body),
         }
 
-    def _decide(self, m: Message, attempt: Attempt, answer: _Answer) -> AttemptRecord:
+    def _decide(self, m: Message, attempt: DeliveryAttempt, answer: _Answer) -> AttemptRecord:
         verdict = Verdict.FAILED if answer.forbidden else judge(answer.status_code)
         if verdict is Verdict.RETRY:
             now = utcnow()

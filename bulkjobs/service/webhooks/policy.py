@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import enum
 import random
-import re
-from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from datetime import datetime, timedelta
+
+from ...parsing import MAX_RETRY_AFTER_S, retry_after_s
+
+__all__ = [
+    "MAX_RETRY_AFTER_S",
+    "Verdict",
+    "judge",
+    "next_attempt",
+    "parse_schedule",
+    "retry_after_s",
+]
 
 #: Standard Webhooks-style schedule: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
 DEFAULT_SCHEDULE_S = "5,300,1800,7200,18000,36000,50400,72000,86400"
 JITTER = 0.2  # each delay is drawn from ±20 % around its nominal value
-MAX_RETRY_AFTER_S = 24 * 3600.0  # a `Retry-After` longer than this is cut to it
-#: delta-seconds: ASCII digits only (`str.isdigit` also accepts '²')
-_DELTA_SECONDS = re.compile(r"[0-9]+")
-_MAX_DELTA_DIGITS = 10  # more digits than this: the cap, without converting them
-_MAX_DATE_CHARS = 64
 
 
 class Verdict(enum.Enum):
@@ -45,30 +49,6 @@ def judge(status_code: int | None) -> Verdict:
     if status_code == 410:
         return Verdict.GONE
     return Verdict.FAILED
-
-
-def retry_after_s(value: str | None, now: datetime) -> float | None:
-    """Seconds asked for by a `Retry-After` header (delta-seconds or HTTP-date).
-
-    The header comes from a peer we do not trust: anything that does not parse is
-    ignored (None, so the normal schedule applies); it never raises.
-    """
-    if not value:
-        return None
-    value = value.strip()
-    if _DELTA_SECONDS.fullmatch(value):
-        return float(int(value)) if len(value) <= _MAX_DELTA_DIGITS else MAX_RETRY_AFTER_S
-    if len(value) > _MAX_DATE_CHARS:
-        return None
-    try:
-        when = parsedate_to_datetime(value)
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return max(0.0, (when - now).total_seconds())
-    except (TypeError, ValueError, OverflowError, IndexError):
-        # email.utils raises OverflowError for an absurd zone offset, ValueError for
-        # an impossible date, IndexError/TypeError for some truncated forms
-        return None
 
 
 def next_attempt(

@@ -7,7 +7,7 @@ from typing import Any, NoReturn
 import attrs
 
 from ...errors import BulkJobsError
-from ...store.webhooks import EVENT_TYPES, TERMINAL_EVENTS
+from ...outbox import EVENT_TYPES, TERMINAL_EVENTS
 from .targets import url_problem
 
 FIELDS = frozenset({"url", "events"})
