@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import os
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -142,12 +143,15 @@ class WorkItem:
     payload_json: str | bytes
 
 
-class NewItem(NamedTuple):
-    """One item of a new job."""
+@attrs.frozen
+class NewItems:
+    """The items of a new job, column by column; an item's index is its position."""
 
-    idx: int
-    item_id: str | None
-    payload_json: str
+    ids: Sequence[str | None] = ()
+    payloads: Sequence[str] = ()  # JSON text
+
+    def __len__(self) -> int:
+        return len(self.payloads)
 
 
 class ItemOutcome(NamedTuple):

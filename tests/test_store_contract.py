@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bulkjobs import states
-from bulkjobs.models import ItemOutcome, Job, JobError, JobStatus, NewItem, new_job_id, utcnow
+from bulkjobs.models import ItemOutcome, Job, JobError, JobStatus, NewItems, new_job_id, utcnow
 from bulkjobs.store import ChunkResult, JobFilter, NewJob, OperationLimits, Store
 from bulkjobs.store.sqlite import SQLiteStore, StoreLocked
 
@@ -51,7 +51,7 @@ async def new_job(
         seq=1,
         max_failed=max_failed,
     )
-    items = [NewItem(i, f"i{i}", f'{{"n": {i}}}') for i in range(n)]
+    items = NewItems([f"i{i}" for i in range(n)], [f'{{"n": {i}}}' for i in range(n)])
     created = await store.create_job(NewJob(job, items))
     assert created.job is not None
     return created.job

@@ -18,8 +18,14 @@ from .errors import (
     ValidationFailed,
     WaitTimeout,
 )
-from .models import Event, Job, JobError
-from .transport import RetryPolicy
+from .models import Event, RemoteJob, RemoteJobError
+from .transport import RequestRetry
+
+# The names of 0.1, kept for existing scripts: the classes were renamed so that no two
+# classes of the package share a name (the server has its own Job and JobError).
+Job = RemoteJob
+JobError = RemoteJobError
+RetryPolicy = RequestRetry
 
 __all__ = [
     "ApiError",
@@ -32,6 +38,9 @@ __all__ = [
     "Job",
     "JobError",
     "NotFound",
+    "RemoteJob",
+    "RemoteJobError",
+    "RequestRetry",
     "RetryPolicy",
     "ServerError",
     "TransportError",

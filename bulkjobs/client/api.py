@@ -23,10 +23,10 @@ import aiohttp
 from .. import jsonutil
 from .body import Items, ReplayableBody
 from .errors import ClientError, TransportError, Unauthorized, WaitTimeout
-from .models import Event, Job
+from .models import Event, RemoteJob
 from .records import csv_records, ndjson_records
 from .sse import RawEvent, read_events
-from .transport import Reply, RetryPolicy, Transport, retry_after_s
+from .transport import Reply, RequestRetry, Transport, retry_after_s
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class BulkJobsClient:
         *,
         api_key: str | None = None,
         session: aiohttp.ClientSession | None = None,
-        retry: RetryPolicy | None = None,
+        retry: RequestRetry | None = None,
         use_sse: bool = True,
         poll_interval_s: float = 1.0,
         max_reconnect_delay_s: float = 3.0,
@@ -53,7 +53,7 @@ class BulkJobsClient:
         self._headers = headers
         self._session = session
         self._owns_session = session is None
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or RequestRetry()
         self._transport: Transport | None = None
         self.use_sse = use_sse
         self.poll_interval_s = poll_interval_s
@@ -101,7 +101,7 @@ class BulkJobsClient:
         idempotency_key: str | None = None,
         ttl_seconds: int | None = None,
         webhook: str | Mapping[str, Any] | None = None,
-    ) -> Job:
+    ) -> RemoteJob:
         """Create a job; items (a list or any iterable / async iterable) stream as NDJSON.
 
         An `Idempotency-Key` is generated unless given, so dropped connections and
@@ -126,21 +126,21 @@ class BulkJobsClient:
             reply = await http.retrying(attempt, idempotent=True)
         finally:
             body.close()
-        return Job.from_json(reply.body)
+        return RemoteJob.from_json(reply.body)
 
     # -- read --------------------------------------------------------------
 
-    async def get(self, job_id: str) -> Job:
+    async def get(self, job_id: str) -> RemoteJob:
         """The job as it is now."""
-        return Job.from_json((await self._http().call("GET", _job(job_id))).body)
+        return RemoteJob.from_json((await self._http().call("GET", _job(job_id))).body)
 
     async def list(
         self, *, status: str | None = None, operation: str | None = None, page_size: int = 100
-    ) -> AsyncIterator[Job]:
+    ) -> AsyncIterator[RemoteJob]:
         """Every job (newest first), fetched page by page."""
         params = _params(status=status, operation=operation, limit=str(page_size))
         async for row in self._pages("/bulk-jobs", params):
-            yield Job.from_json(row)
+            yield RemoteJob.from_json(row)
 
     async def items(
         self, job_id: str, *, status: str | None = None, page_size: int = 1000
@@ -208,14 +208,14 @@ class BulkJobsClient:
 
     # -- change ------------------------------------------------------------
 
-    async def cancel(self, job_id: str) -> Job:
+    async def cancel(self, job_id: str) -> RemoteJob:
         """Cancel (idempotent); the job comes back cancelled, or still winding down."""
-        return Job.from_json((await self._http().call("POST", _job(job_id) + "/cancel")).body)
+        return RemoteJob.from_json((await self._http().call("POST", _job(job_id) + "/cancel")).body)
 
-    async def retry(self, job_id: str) -> Job:
+    async def retry(self, job_id: str) -> RemoteJob:
         """A new job made of a finished job's failed items."""
         reply = await self._http().call("POST", _job(job_id) + "/retry", idempotent=False)
-        return Job.from_json(reply.body)
+        return RemoteJob.from_json(reply.body)
 
     async def delete(self, job_id: str) -> None:
         """Delete a finished job and its items."""
@@ -271,7 +271,7 @@ class BulkJobsClient:
                 raise TransportError(f"{type(exc).__name__}: {exc}") from exc
 
     # `timeout` as the issue names it (like asyncio.wait_for); seconds.
-    async def wait(self, job_id: str, timeout: float | None = None) -> Job:  # noqa: ASYNC109
+    async def wait(self, job_id: str, timeout: float | None = None) -> RemoteJob:  # noqa: ASYNC109
         """Until the job is terminal: SSE when available, else polling that honours
         `Retry-After` and ETags. Raises `WaitTimeout` after `timeout` seconds."""
         deadline = asyncio.timeout(timeout)
@@ -283,7 +283,7 @@ class BulkJobsClient:
                 raise WaitTimeout(job_id, timeout or 0.0) from None
             raise
 
-    async def _follow(self, job_id: str) -> Job:
+    async def _follow(self, job_id: str) -> RemoteJob:
         if self.use_sse:
             try:
                 async for _ in self.events(job_id):
@@ -295,15 +295,15 @@ class BulkJobsClient:
                 logger.info("no event stream for %s (%s); polling instead", job_id, exc)
         return await self.poll(job_id)
 
-    async def poll(self, job_id: str) -> Job:
+    async def poll(self, job_id: str) -> RemoteJob:
         """Poll until terminal: conditional GETs (`If-None-Match`), paced by `Retry-After`."""
         etag: str | None = None
-        job: Job | None = None
+        job: RemoteJob | None = None
         while True:
             headers = {"If-None-Match": etag} if etag else None
             reply = await self._http().call("GET", _job(job_id), headers=headers)
             if reply.status != 304 or job is None:
-                job, etag = Job.from_json(reply.body), reply.headers.get("ETag")
+                job, etag = RemoteJob.from_json(reply.body), reply.headers.get("ETag")
             if job.is_terminal:
                 return job
             await asyncio.sleep(retry_after_s(reply.headers) or self.poll_interval_s)

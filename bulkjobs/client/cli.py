@@ -24,7 +24,7 @@ from ..csvcells import safe_cell
 from .api import BulkJobsClient
 from .errors import ApiError, ClientError, Unauthorized, WaitTimeout
 from .inputs import FORMATS, InputError, detect_format, failure_rows, read_items, write_csv
-from .models import Job
+from .models import RemoteJob
 from .progress import ProgressBar
 
 EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED = 0, 1, 2
@@ -156,7 +156,7 @@ async def cmd_submit(args: argparse.Namespace, client: BulkJobsClient) -> int:
     return exit_code(job)
 
 
-def exit_code(job: Job) -> int:
+def exit_code(job: RemoteJob) -> int:
     """0 when every item succeeded, 2 when some failed, 1 when the job did not complete."""
     if job.status != "completed":
         return EXIT_ERROR
@@ -183,7 +183,7 @@ def _input_path(name: str) -> Iterator[Path]:
         yield Path(tmp.name)
 
 
-async def _follow(client: BulkJobsClient, job: Job, timeout_s: float | None) -> Job:
+async def _follow(client: BulkJobsClient, job: RemoteJob, timeout_s: float | None) -> RemoteJob:
     if not sys.stderr.isatty():
         return await client.wait(job.id, timeout=timeout_s)
     bar = ProgressBar(sys.stderr)
@@ -199,7 +199,7 @@ async def _follow(client: BulkJobsClient, job: Job, timeout_s: float | None) -> 
         bar.close()
 
 
-async def _follow_with_bar(client: BulkJobsClient, job: Job, bar: ProgressBar) -> Job:
+async def _follow_with_bar(client: BulkJobsClient, job: RemoteJob, bar: ProgressBar) -> RemoteJob:
     try:
         async for event in client.events(job.id):
             total = event.count("total_items") or job.total_items
@@ -215,7 +215,7 @@ async def _follow_with_bar(client: BulkJobsClient, job: Job, bar: ProgressBar) -
 
 async def _write_failures(
     client: BulkJobsClient,
-    job: Job,
+    job: RemoteJob,
     args: argparse.Namespace,
     path: Path,
     fmt: str,
@@ -234,7 +234,7 @@ async def _write_failures(
     return len(rows)
 
 
-def _summary(job: Job, elapsed_s: float, written: int, failures: Path | None) -> str:
+def _summary(job: RemoteJob, elapsed_s: float, written: int, failures: Path | None) -> str:
     text = (
         f"{job.id} {job.status}: {job.succeeded:,} succeeded, {job.failed:,} failed,"
         f" {job.cancelled:,} cancelled of {job.total_items:,} items in {elapsed_s:.1f} s"
@@ -252,7 +252,7 @@ async def cmd_status(args: argparse.Namespace, client: BulkJobsClient) -> int:
     return EXIT_OK
 
 
-def describe(job: Job) -> str:
+def describe(job: RemoteJob) -> str:
     """A few human lines about a job."""
     lines = [
         f"{job.id}  {job.operation}  {job.status}  {job.progress:.1%}",
@@ -266,7 +266,7 @@ def describe(job: Job) -> str:
 
 
 async def cmd_list(args: argparse.Namespace, client: BulkJobsClient) -> int:
-    jobs: list[Job] = []
+    jobs: list[RemoteJob] = []
     page_size = max(1, min(args.limit, 1000))
     async for job in client.list(status=args.status, operation=args.operation, page_size=page_size):
         jobs.append(job)

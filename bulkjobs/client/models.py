@@ -15,13 +15,13 @@ def _ts(value: Any) -> datetime | None:
 
 
 @attrs.frozen
-class JobError:
+class RemoteJobError:
     code: str
     message: str
 
 
 @attrs.frozen
-class Job:
+class RemoteJob:
     """A job as the server last described it; `raw` keeps every member as sent."""
 
     id: str
@@ -38,11 +38,11 @@ class Job:
     completed_at: datetime | None
     expires_at: datetime | None
     links: dict[str, str]
-    error: JobError | None
+    error: RemoteJobError | None
     raw: dict[str, Any] = attrs.field(repr=False, eq=False)
 
     @classmethod
-    def from_json(cls, body: dict[str, Any]) -> Job:
+    def from_json(cls, body: dict[str, Any]) -> RemoteJob:
         """Build from the job resource's JSON."""
         err = body.get("error")
         return cls(
@@ -60,7 +60,7 @@ class Job:
             completed_at=_ts(body.get("completed_at")),
             expires_at=_ts(body.get("expires_at")),
             links=dict(body.get("links") or {}),
-            error=JobError(err["code"], err.get("message", "")) if err else None,
+            error=RemoteJobError(err["code"], err.get("message", "")) if err else None,
             raw=body,
         )
 

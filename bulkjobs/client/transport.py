@@ -32,7 +32,7 @@ class Reply:
 
 
 @attrs.frozen
-class RetryPolicy:
+class RequestRetry:
     """How often and how long to retry a request that is safe to repeat."""
 
     max_attempts: int = 5
@@ -70,7 +70,7 @@ class Transport:
         base_url: str,
         session: aiohttp.ClientSession,
         headers: Mapping[str, str],
-        policy: RetryPolicy,
+        policy: RequestRetry,
     ) -> None:
         self.base_url = URL(base_url.rstrip("/"))
         self.session = session
@@ -141,4 +141,4 @@ class Transport:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-__all__ = ["ApiError", "Reply", "RetryPolicy", "Transport", "raise_for_problem"]
+__all__ = ["ApiError", "Reply", "RequestRetry", "Transport", "raise_for_problem"]

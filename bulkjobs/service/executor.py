@@ -46,7 +46,7 @@ _MAX_MESSAGE = 1000
 SLICE_S = 0.0005
 
 #: What one attempt produced: ("ok", result) or ("err", ItemFailed)
-Attempt = tuple[str, Any]
+Try = tuple[str, Any]
 T = TypeVar("T")
 
 
@@ -55,7 +55,7 @@ class _Timeout(ItemFailed):
         super().__init__("timeout", f"the handler did not finish within {timeout_s:g}s")
 
 
-def _row(run: LeaseRun, item: WorkItem, attempt: Attempt, attempts: int) -> ItemOutcome:
+def _row(run: LeaseRun, item: WorkItem, attempt: Try, attempts: int) -> ItemOutcome:
     kind, value = attempt
     if kind == "ok":
         try:
@@ -149,7 +149,7 @@ class Executor:
             break
         return rows
 
-    async def _attempt(self, op: Operation, args: tuple[Any, ...]) -> Attempt:
+    async def _attempt(self, op: Operation, args: tuple[Any, ...]) -> Try:
         timeout_s = op.options.timeout_s
         try:
             if timeout_s is None:  # the hot path: no timer per item
@@ -222,14 +222,14 @@ def _run_item_sync(
             return _row(run, item, _final(op, result, attempt), attempt)
 
 
-def _attempt_sync(op: Operation, args: tuple[Any, ...]) -> Attempt:
+def _attempt_sync(op: Operation, args: tuple[Any, ...]) -> Try:
     try:
         return ("ok", op.handler(*args))
     except BaseException as exc:  # incl. CancelledError: nothing cancels a thread
         return _failure(op, exc)
 
 
-def _failure(op: Operation, exc: BaseException) -> Attempt:
+def _failure(op: Operation, exc: BaseException) -> Try:
     """What a handler's exception makes of its item (a timeout aside)."""
     if isinstance(exc, ItemFailed):
         return ("err", exc)
@@ -250,12 +250,12 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _should_retry(op: Operation, result: Attempt, attempt: int) -> bool:
+def _should_retry(op: Operation, result: Try, attempt: int) -> bool:
     kind, value = result
     return kind == "err" and value.retryable and attempt < op.options.retry.max_attempts
 
 
-def _final(op: Operation, result: Attempt, attempt: int) -> Attempt:
+def _final(op: Operation, result: Try, attempt: int) -> Try:
     kind, value = result
     if kind == "err" and value.retryable and op.options.retry.max_attempts > 1:
         msg = f"{value.code} after {attempt} attempts: {value.message}"
@@ -264,7 +264,7 @@ def _final(op: Operation, result: Attempt, attempt: int) -> Attempt:
 
 
 def _batch_rows(
-    run: LeaseRun, good: Sequence[tuple[WorkItem, Any]], result: Attempt, attempts: int
+    run: LeaseRun, good: Sequence[tuple[WorkItem, Any]], result: Try, attempts: int
 ) -> list[ItemOutcome]:
     kind, value = result
     items = [w for w, _ in good]

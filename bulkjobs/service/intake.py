@@ -14,7 +14,7 @@ import attrs
 from .. import jsonutil
 from ..errors import BulkJobsError
 from ..itemtypes import pointer
-from ..models import NewItem
+from ..models import NewItems
 from ..parsing import ascii_uint
 from ..registry import Operation, Registry
 from .webhooks.subscription import WebhookSpec, parse_webhook
@@ -36,7 +36,7 @@ class Submission:
     """A validated job, ready to be stored."""
 
     operation: Operation
-    rows: list[NewItem]
+    rows: NewItems
     ttl_s: int
     webhook: WebhookSpec | None = None
 
@@ -110,8 +110,9 @@ def _items_list(items: Any, op: Operation, limits: IntakeLimits) -> list[Any]:
     return items
 
 
-def _rows(op: Operation, items: list[Any]) -> list[NewItem]:
-    rows: list[NewItem] = []
+def _rows(op: Operation, items: list[Any]) -> NewItems:
+    ids: list[str | None] = []
+    payloads: list[str] = []
     errors: list[dict[str, str]] = []
     # str, not bytes: orjson's bytes keep a ~4 KiB allocation each (400 MB per 100k items)
     structure, dumps = op.validator.structure, jsonutil.dumps_str
@@ -122,13 +123,14 @@ def _rows(op: Operation, items: list[Any]) -> list[NewItem]:
             _collect(op, idx, item, errors)
             continue
         if not errors:
-            rows.append(NewItem(idx, _item_id(item), dumps(item)))
+            ids.append(_item_id(item))
+            payloads.append(dumps(item))
     if errors:
         raise invalid(
             errors,
             f"{len(errors)}+ items are invalid." if len(errors) > MAX_LISTED_ERRORS else None,
         )
-    return rows
+    return NewItems(ids, payloads)
 
 
 def _collect(op: Operation, idx: int, item: Any, errors: list[dict[str, str]]) -> None:

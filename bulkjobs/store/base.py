@@ -15,7 +15,7 @@ from typing import Protocol
 
 import attrs
 
-from ..models import ItemOutcome, ItemRow, ItemStatus, Job, JobError, JobStatus, NewItem, WorkItem
+from ..models import ItemOutcome, ItemRow, ItemStatus, Job, JobError, JobStatus, NewItems, WorkItem
 from ..outbox import AttemptRecord, Deliveries, Due, NewWebhook
 
 
@@ -51,7 +51,7 @@ class NewJob:
     """
 
     job: Job
-    items: Sequence[NewItem] = ()
+    items: NewItems = attrs.field(factory=NewItems)
     webhook: NewWebhook | None = None
     idempotency: IdempotencyRecord | None = None
     retry_of: Job | None = None

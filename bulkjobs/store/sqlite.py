@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import itertools
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -19,7 +20,7 @@ from typing import IO, Any
 import aiosqlite
 
 from .. import failpoints, jsonutil, states
-from ..models import ItemRow, ItemStatus, Job, JobError, JobStatus, NewItem
+from ..models import ItemRow, ItemStatus, Job, JobError, JobStatus, NewItems
 from ..outbox import AttemptRecord, Deliveries, Due, NewWebhook, OutboxRule
 from . import sqlite_work as work
 from .base import (
@@ -165,28 +166,26 @@ class SQLiteStore:
                 row = await work.one(db, _SELECT_IDEMPOTENCY, (rec.tenant, rec.key))
                 if row is not None and row[5] > to_ms(new.job.created_at):
                     return Created(None, _idempotency_from_row(row))
-            pk = await self._insert_job(db, new.job, new.items, new.webhook)
+            job = await self._insert_job(db, new.job, new.items, new.webhook)
             if new.retry_of is not None:
-                await _copy_failed(db, pk, new.job, new.retry_of)
+                await _copy_failed(db, job.pk, job, new.retry_of)
             if new.idempotency is not None:
                 await _insert_idempotency(db, new.idempotency)
             failpoints.hit("insert_job")  # crash tests: job and items written, not committed
-            job = await work.job_by_pk(db, pk)
-        assert job is not None
         return Created(job)
 
     async def _insert_job(
         self,
         db: aiosqlite.Connection,
         job: Job,
-        items: Sequence[NewItem],
+        items: NewItems,
         webhook: NewWebhook | None = None,
-    ) -> int:
+    ) -> Job:
         row = await work.one(
             db,
             "INSERT INTO jobs (pk, id, tenant, operation, status, total_items, created_at,"
             " updated_at, ttl_s, seq, max_failed) VALUES ((SELECT pk + 1 FROM job_pk_high_water),"
-            " ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) RETURNING pk",
+            f" ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) RETURNING {JOB_COLS}",
             (
                 job.id,
                 job.tenant,
@@ -199,55 +198,62 @@ class SQLiteStore:
                 job.max_failed,
             ),
         )
-        pk: int = row[0]
-        await db.executemany(
-            "INSERT INTO items (job_pk, idx, item_id, payload) VALUES (?, ?, ?, ?)",
-            [(pk, idx, item_id, payload) for idx, item_id, payload in items],
-        )
+        stored = job_from_row(row)
+        pk = stored.pk
+        if len(items):
+            await db.executemany(
+                "INSERT INTO items (job_pk, idx, item_id, payload) VALUES (?, ?, ?, ?)",
+                zip(itertools.repeat(pk), itertools.count(), items.ids, items.payloads),
+            )
         if webhook is not None:
             await self._outbox.subscribe_in(db, pk, job.created_at, webhook)
-        return pk
+        return stored
 
     # -- running work ----------------------------------------------------
 
     async def claim(
         self, owner: str, limits: Mapping[str, OperationLimits], *, lease_s: float, now: datetime
     ) -> Claimed:
+        settled: list[Job] = []
+        for _ in range(8):  # a few jobs settled on the way, then let others write
+            got = await self._lease(owner, limits, lease_s, now)
+            if not isinstance(got, work.Span):
+                settled.extend([got] if got is not None else [])
+                if got is None:
+                    break
+                continue
+            # The payloads are read after the commit, on the reader: the writer's
+            # transaction only records who holds which indexes.
+            items = await work.span_items(self._r, got.job.pk, got.first, got.last)
+            if items:
+                return Claimed(Lease(got.lease_pk, got.job, items), settled)
+            empty = ChunkResult(got.lease_pk, got.job.pk, (), release=True)
+            settled.extend((await self.complete(owner, [empty], now)).jobs)
+        return Claimed(None, settled)
+
+    async def _lease(
+        self, owner: str, limits: Mapping[str, OperationLimits], lease_s: float, now: datetime
+    ) -> work.Span | Job | None:
+        """A span leased to `owner`; or a job settled because it had nothing left to
+        lease; or None when nothing is claimable."""
         now_ms = to_ms(now)
         expires_ms = now_ms + int(lease_s * 1000)
-        settled: list[Job] = []
         async with self._txn() as db:
-            for _ in range(8):  # a few jobs settled on the way, then let others write
-                ops = work.claimable_ops(limits, await work.leases_by_operation(db))
-                got = await self._claim_one(db, owner, ops, limits, now_ms, expires_ms)
-                if not isinstance(got, Job):
-                    break
-                settled.append(got)
-            await self._outbox.enqueue_in(db, settled, now)
-        return Claimed(got if isinstance(got, Lease) else None, settled)
-
-    async def _claim_one(
-        self,
-        db: aiosqlite.Connection,
-        owner: str,
-        ops: list[str],
-        limits: Mapping[str, OperationLimits],
-        now_ms: int,
-        expires_ms: int,
-    ) -> Lease | Job | None:
-        """A lease; or a job settled because it had nothing left to lease; or None."""
-        if not ops:
-            return None
-        ops_json = jsonutil.dumps_str(ops)
-        got = await work.reclaim_expired(db, owner, ops_json, now_ms, expires_ms)
-        if got is not None:
-            return got
-        job = await work.next_job(db, ops_json)
-        if job is None:
-            return None
-        span = limits[job.operation].span_items
-        lease = await work.lease_span(db, job, span, owner, now_ms, expires_ms)
-        return lease if lease is not None else await work.settle(db, job, now_ms)
+            ops = work.claimable_ops(limits, await work.leases_by_operation(db))
+            if not ops:
+                return None
+            ops_json = jsonutil.dumps_str(ops)
+            got = await work.reclaim_expired(db, owner, ops_json, now_ms, expires_ms)
+            if got is None:
+                job = await work.next_job(db, ops_json)
+                if job is None:
+                    return None
+                span = limits[job.operation].span_items
+                got = await work.lease_span(db, job, span, owner, now_ms, expires_ms)
+                got = got if got is not None else await work.settle(db, job, now_ms)
+            if isinstance(got, Job):
+                await self._outbox.enqueue_in(db, [got], now)
+        return got
 
     async def complete(self, owner: str, results: Sequence[ChunkResult], now: datetime) -> Settled:
         now_ms = to_ms(now)

@@ -12,10 +12,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiosqlite
+import attrs
 
 from .. import jsonutil, states
 from ..models import ItemOutcome, Job, JobError, JobStatus, WorkItem
-from .base import ChunkResult, Lease, OperationLimits
+from .base import ChunkResult, OperationLimits
 from .rows import JOB_COLS, job_from_row
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,10 @@ WHERE j.{_ACTIVE} AND j.stop_status IS NULL AND j.next_idx < j.total_items
 ORDER BY coalesce((SELECT t.turn FROM tenant_turns t WHERE t.tenant = j.tenant), 0), j.turn, j.pk
 LIMIT 1
 """
+
+_LEASED_AND_FRONTIER = (
+    "SELECT EXISTS (SELECT 1 FROM leases WHERE job_pk = :pk), next_idx FROM jobs WHERE pk = :pk"
+)
 
 _EXPIRED_LEASE = """
 SELECT pk, job_pk, first_idx, last_idx FROM leases
@@ -85,34 +90,34 @@ async def leases_by_operation(db: aiosqlite.Connection) -> dict[str, int]:
         return {r[0]: r[1] for r in await cur.fetchall()}
 
 
+@attrs.frozen
+class Span:
+    """A lease taken inside a transaction; its items are read after the commit."""
+
+    lease_pk: int
+    job: Job
+    first: int
+    last: int
+
+
 async def reclaim_expired(
     db: aiosqlite.Connection, owner: str, ops_json: str, now_ms: int, expires_ms: int
-) -> Lease | Job | None:
-    """Take over the oldest expired lease: a Lease to work, or the settled Job when there
-    was nothing left in it to run (stopping job, or items already settled)."""
+) -> Span | Job | None:
+    """Take over the oldest expired lease: a Span to work, or the settled Job when its
+    job is stopping (nothing of it runs any more)."""
     row = await one(db, _EXPIRED_LEASE, {"now": now_ms, "ops": ops_json})
     if row is None:
         return None
     lease_pk, job_pk, first, last = row
     job = await job_by_pk(db, job_pk)
-    items = [] if job is None or job.stop_requested else await _items(db, job_pk, first, last)
-    if job is None or not items:
+    if job is None or job.stop_requested:
         await db.execute("DELETE FROM leases WHERE pk = ?", (lease_pk,))
         return await settle(db, job, now_ms) if job is not None else None
     await db.execute(
         "UPDATE leases SET owner = ?, expires_at = ? WHERE pk = ?", (owner, expires_ms, lease_pk)
     )
     logger.info("lease %d of job %s reclaimed by %s", lease_pk, job.id, owner)
-    return Lease(lease_pk, job, items)
-
-
-async def _items(db: aiosqlite.Connection, job_pk: int, first: int, last: int) -> list[WorkItem]:
-    sql = (
-        "SELECT idx, item_id, payload FROM items"
-        " WHERE job_pk = ? AND idx BETWEEN ? AND ? AND status = 'pending' ORDER BY idx"
-    )
-    async with db.execute(sql, (job_pk, first, last)) as cur:
-        return [WorkItem(r[0], r[1], r[2]) for r in await cur.fetchall()]
+    return Span(lease_pk, job, first, last)
 
 
 async def next_job(db: aiosqlite.Connection, ops_json: str) -> Job | None:
@@ -123,28 +128,24 @@ async def next_job(db: aiosqlite.Connection, ops_json: str) -> Job | None:
 
 async def lease_span(
     db: aiosqlite.Connection, job: Job, span_items: int, owner: str, now_ms: int, expires_ms: int
-) -> Lease | None:
-    """Lease the next `span_items` pending items of `job` after its claim frontier."""
-    sql = (
-        "SELECT idx, item_id, payload FROM items"
-        " WHERE job_pk = ? AND idx >= ? AND status = 'pending' ORDER BY idx LIMIT ?"
-    )
-    async with db.execute(sql, (job.pk, await _frontier(db, job.pk), span_items)) as cur:
-        items = [WorkItem(r[0], r[1], r[2]) for r in await cur.fetchall()]
-    if not items:
-        await db.execute("UPDATE jobs SET next_idx = total_items WHERE pk = ?", (job.pk,))
+) -> Span | None:
+    """Lease the next `span_items` indexes of `job` from its claim frontier (items in it
+    that are no longer pending are skipped when the span is read)."""
+    first = await _frontier(db, job.pk)
+    last = min(first + span_items, job.total_items) - 1
+    if first > last:
         return None
     cur = await db.execute(
         "INSERT INTO leases (job_pk, first_idx, last_idx, owner, operation, expires_at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
-        (job.pk, items[0].index, items[-1].index, owner, job.operation, expires_ms),
+        (job.pk, first, last, owner, job.operation, expires_ms),
     )
     lease_pk = cur.lastrowid
     assert lease_pk is not None
-    job = await _take_turn(db, job, items[-1].index + 1)
+    await _take_turn(db, job, last + 1)
     if job.status is JobStatus.PENDING:
         job = await transition(db, job.pk, JobStatus.RUNNING, now_ms)
-    return Lease(lease_pk, job, items)
+    return Span(lease_pk, job, first, last)
 
 
 async def _frontier(db: aiosqlite.Connection, job_pk: int) -> int:
@@ -152,20 +153,28 @@ async def _frontier(db: aiosqlite.Connection, job_pk: int) -> int:
     return int((await one(db, "SELECT next_idx FROM jobs WHERE pk = ?", (job_pk,)))[0])
 
 
-async def _take_turn(db: aiosqlite.Connection, job: Job, next_idx: int) -> Job:
+async def _take_turn(db: aiosqlite.Connection, job: Job, next_idx: int) -> None:
     """Move the job's claim frontier and send it and its tenant to the back of the line."""
-    turn = (await one(db, "SELECT coalesce(max(turn), 0) + 1 FROM tenant_turns"))[0]
-    await db.execute(
-        "INSERT INTO tenant_turns (tenant, turn) VALUES (?, ?)"
-        " ON CONFLICT (tenant) DO UPDATE SET turn = excluded.turn",
-        (job.tenant, turn),
-    )
     row = await one(
         db,
-        f"UPDATE jobs SET next_idx = ?, turn = ? WHERE pk = ? RETURNING {JOB_COLS}",
-        (next_idx, turn, job.pk),
+        "INSERT INTO tenant_turns (tenant, turn)"
+        " VALUES (?, (SELECT coalesce(max(turn), 0) + 1 FROM tenant_turns))"
+        " ON CONFLICT (tenant) DO UPDATE SET turn = excluded.turn RETURNING turn",
+        (job.tenant,),
     )
-    return job_from_row(row)
+    await db.execute(
+        "UPDATE jobs SET next_idx = ?, turn = ? WHERE pk = ?", (next_idx, row[0], job.pk)
+    )
+
+
+async def span_items(reader: Any, job_pk: int, first: int, last: int) -> list[WorkItem]:
+    """The pending items of a leased span (read after the lease is committed)."""
+    sql = (
+        "SELECT idx, item_id, payload FROM items"
+        " WHERE job_pk = ? AND idx BETWEEN ? AND ? AND status = 'pending' ORDER BY idx"
+    )
+    async with reader.execute(sql, (job_pk, first, last)) as cur:
+        return [WorkItem(r[0], r[1], r[2]) for r in await cur.fetchall()]
 
 
 # -- settling ---------------------------------------------------------------------
@@ -207,11 +216,12 @@ async def settle(db: aiosqlite.Connection, job: Job, now_ms: int) -> Job:
         return job
     if job.max_failed is not None and job.failed > job.max_failed and not job.stop_requested:
         job = await request_stop(db, job, JobStatus.FAILED, now_ms, _threshold_error(job))
-    if await one(db, "SELECT 1 FROM leases WHERE job_pk = ? LIMIT 1", (job.pk,)):
+    leased, frontier = await one(db, _LEASED_AND_FRONTIER, {"pk": job.pk})
+    if leased:
         return job
     if job.stop_requested:
         return await finish(db, job, job.stop_requested, now_ms)
-    if await _frontier(db, job.pk) < job.total_items:
+    if frontier < job.total_items:
         return job
     if job.processed < job.total_items:
         # Outcomes of a span were lost (a worker gave up on it): claim its items again.
