@@ -140,9 +140,20 @@ async def test_heartbeat_extends_leases(store: Store) -> None:
     await new_job(store, 4)
     first = await claim(store, "a", lease_s=5)
     assert first.lease is not None
-    beat = await store.heartbeat("a", lease_s=5, now=NOW + timedelta(seconds=4))
+    beat = await store.heartbeat("a", [first.lease.pk], lease_s=5, now=NOW + timedelta(seconds=4))
     assert beat.renewed == 1
     assert (await claim(store, "b", at=timedelta(seconds=6))).lease is None
+
+
+async def test_a_lease_its_owner_lost_track_of_is_not_renewed(store: Store) -> None:
+    await new_job(store, 8)
+    kept = (await claim(store, "a", lease_s=5)).lease
+    forgotten = (await claim(store, "a", lease_s=5)).lease
+    assert kept is not None and forgotten is not None
+    beat = await store.heartbeat("a", [kept.pk], lease_s=5, now=NOW + timedelta(seconds=4))
+    assert beat.renewed == 1
+    again = await claim(store, "a", at=timedelta(seconds=6))
+    assert again.lease is not None and again.lease.pk == forgotten.pk
 
 
 async def test_reopen_reclaims_every_lease_at_once(tmp_path: Path) -> None:
@@ -247,7 +258,7 @@ async def test_stop_waits_for_leases_then_cancels_the_rest(store: Store) -> None
     assert lease is not None
     asked = await store.stop(job.pk, JobStatus.CANCELLED, NOW)
     assert asked.status is JobStatus.RUNNING and asked.stop_requested is JobStatus.CANCELLED
-    assert (await store.heartbeat("a", lease_s=30, now=NOW)).stopping == {job.pk}
+    assert (await store.heartbeat("a", [lease.pk], lease_s=30, now=NOW)).stopping == {job.pk}
     assert (await claim(store, "b")).lease is None  # a stopping job is not claimed
     done = [ok(job, w.index) for w in lease.items[:2]]
     settled = await store.complete("a", [ChunkResult(lease.pk, job.pk, done, True)], NOW)

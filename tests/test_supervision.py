@@ -122,7 +122,9 @@ async def test_heartbeat_renews_our_leases(make_client: Any, gate: Any) -> None:
     engine = client.app[ENGINE]
     body = await submit(client, "gated", [{"n": 1}])
     await gate.entered.wait()
-    beat = await engine.store.heartbeat(engine.owner, lease_s=3.0, now=utcnow())
+    beat = await engine.store.heartbeat(
+        engine.owner, engine.dispatcher.leases, lease_s=3.0, now=utcnow()
+    )
     assert beat.renewed == 1 and not beat.stopping
     gate.opened.set()
     await wait_terminal(client, body["id"])

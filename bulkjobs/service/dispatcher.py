@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import attrs
 
 from ..models import Job, WorkItem, utcnow
 from ..registry import Operation, Registry
 from ..store import Lease, OperationLimits, Store
+from ..store.base import Claimed
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class LeaseRun:
     tenant: str
     operation: Operation
     chunks: int = 0
+    queued: int = 0  # chunks handed to the work queue so far
     settled: int = 0  # chunk results counted by the writer
     stopping: bool = False
 
@@ -69,11 +71,13 @@ class Dispatcher:
         queue: asyncio.Queue[Chunk],
         config: DispatchConfig,
         on_jobs: Callable[[list[Job]], None],
+        on_abandoned: Callable[[LeaseRun], Awaitable[None]],
     ) -> None:
         self._store = store
         self._queue = queue
         self.config = config
         self._on_jobs = on_jobs
+        self._on_abandoned = on_abandoned
         self._registry = registry
         self._limits = operation_limits(registry, config.span_items)
         self._runs: dict[int, LeaseRun] = {}
@@ -84,8 +88,9 @@ class Dispatcher:
         self._wake.set()
 
     @property
-    def leases(self) -> int:
-        return len(self._runs)
+    def leases(self) -> list[int]:
+        """The leases this process works (the ones its heartbeat renews)."""
+        return list(self._runs)
 
     def runs_for(self, job_pk: int) -> list[LeaseRun]:
         """The leases of one job this process is working."""
@@ -112,32 +117,51 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Claim and hand out until cancelled."""
+        await self._abandon_unqueued()  # restarted: what the last loop could not hand out
         while True:
             self._wake.clear()
-            claimed = await self._store.claim(
-                self.config.owner, self._limits, lease_s=self.config.lease_s, now=utcnow()
-            )
+            claimed = await self._claim()
             if claimed.settled:
                 self._on_jobs(claimed.settled)
             if claimed.lease is None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.config.poll_s):
-                        await self._wake.wait()
+                await self._idle()
                 continue
             await self._hand_out(claimed.lease)
 
-    async def _hand_out(self, lease: Lease) -> None:
+    async def _claim(self) -> Claimed:
+        cfg = self.config
+        return await self._store.claim(cfg.owner, self._limits, lease_s=cfg.lease_s, now=utcnow())
+
+    async def _idle(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.poll_s):
+                await self._wake.wait()
+
+    async def _abandon_unqueued(self) -> None:
+        for run in list(self._runs.values()):
+            if run.queued < run.chunks:
+                # The chunks never queued stay pending; releasing the lease lets the
+                # store lease them again (a job with no lease resets its frontier).
+                run.chunks = run.queued + 1
+                await self._on_abandoned(run)
+
+    def _run_of(self, lease: Lease) -> LeaseRun:
         job = lease.job
-        self._on_jobs([job])
         op = self._registry.get(job.operation)
         assert op is not None, "claimed an operation that is not registered"
-        size = op.options.batch_size
-        chunks = [list(lease.items[i : i + size]) for i in range(0, len(lease.items), size)]
-        run = LeaseRun(lease.pk, job.id, job.pk, job.tenant, op, chunks=len(chunks))
+        chunks = -(-len(lease.items) // op.options.batch_size)
+        run = LeaseRun(lease.pk, job.id, job.pk, job.tenant, op, chunks=chunks)
         run.stopping = job.stop_requested is not None
-        self._runs[lease.pk] = run
-        for chunk in chunks:
-            await self._queue.put((run, chunk))
+        return run
+
+    async def _hand_out(self, lease: Lease) -> None:
+        self._on_jobs([lease.job])
+        run = self._run_of(lease)
+        self._runs[lease.pk] = run  # before the first await: a restart finds it
+        size = run.operation.options.batch_size
+        for i in range(0, len(lease.items), size):
+            await self._queue.put((run, list(lease.items[i : i + size])))
+            run.queued += 1
 
     def drop_queued(self) -> None:
         """Forget chunks not started (shutdown): their items stay leased to us and are

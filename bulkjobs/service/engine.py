@@ -33,7 +33,7 @@ from .webhooks import DispatcherConfig, WebhookDispatcher
 from .webhooks.dispatcher import RenderJob, plain_job
 from .webhooks.rules import due_message
 from .workers import WorkerPool
-from .writer import ResultWriter
+from .writer import ChunkDone, ResultWriter
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Engine:
             self.queue,
             DispatchConfig(self.owner, settings.lease_s, settings.load_page_items),
             self.on_jobs,
+            self._abandon,
         )
         # Sync handlers' own pool: hung ones cannot starve the loop's default pool.
         # Threads start lazily, on the first sync call; shut down in `stop`.
@@ -148,7 +149,9 @@ class Engine:
         """Renew our leases well before they expire; stop work on jobs asked to stop."""
         lease_s = self.settings.lease_s
         while True:
-            beat = await self.store.heartbeat(self.owner, lease_s=lease_s, now=utcnow())
+            beat = await self.store.heartbeat(
+                self.owner, self.dispatcher.leases, lease_s=lease_s, now=utcnow()
+            )
             if beat.stopping:
                 self.dispatcher.stop_jobs(beat.stopping)
             await asyncio.sleep(lease_s / 3)
@@ -176,6 +179,10 @@ class Engine:
         self.dispatcher.lost(settled.lost_leases)
         self.on_jobs(settled.jobs)
 
+    async def _abandon(self, run: LeaseRun) -> None:
+        """Release a lease whose last chunks were never queued (their items stay pending)."""
+        await self.writer.put(ChunkDone(run, []))
+
     async def _fail_broken(self, run: LeaseRun) -> None:
         with contextlib.suppress(IllegalTransition):
             job = await self.store.stop(run.pk, JobStatus.FAILED, utcnow(), _BROKEN)
@@ -188,7 +195,9 @@ class Engine:
 
     async def check_writable(self) -> None:
         """Renew our leases: a write transaction, so it proves the store takes writes."""
-        await self.store.heartbeat(self.owner, lease_s=self.settings.lease_s, now=utcnow())
+        await self.store.heartbeat(
+            self.owner, self.dispatcher.leases, lease_s=self.settings.lease_s, now=utcnow()
+        )
 
     async def stats(self) -> StoreStats:
         """Counts of jobs, backlog and webhook messages, from the store."""

@@ -9,7 +9,7 @@ machine (`bulkjobs.states`). Backends keep their SQL dialect to themselves.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -191,8 +191,11 @@ class Store(Protocol):
         stop there once they settle. Raises `IllegalTransition` on a terminal job."""
         ...
 
-    async def heartbeat(self, owner: str, *, lease_s: float, now: datetime) -> Beat:
-        """Extend this owner's leases (a write: it also proves the store takes writes)."""
+    async def heartbeat(
+        self, owner: str, leases: Collection[int], *, lease_s: float, now: datetime
+    ) -> Beat:
+        """Extend these leases of `owner` (a write: it also proves the store takes writes).
+        A lease its owner lost track of is not renewed: it expires and is claimed again."""
         ...
 
     async def find_job(

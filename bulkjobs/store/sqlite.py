@@ -12,7 +12,7 @@ import fcntl
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import IO, Any
@@ -245,11 +245,14 @@ class SQLiteStore:
             ops_json = jsonutil.dumps_str(ops)
             got = await work.reclaim_expired(db, owner, ops_json, now_ms, expires_ms)
             if got is None:
-                job = await work.next_job(db, ops_json)
-                if job is None:
+                found = await work.next_job(db, ops_json)
+                if found is None:
                     return None
+                job, first = found
                 span = limits[job.operation].span_items
-                got = await work.lease_span(db, job, span, owner, now_ms, expires_ms)
+                got = await work.lease_span(
+                    db, job, first, span, owner, now_ms=now_ms, expires_ms=expires_ms
+                )
                 got = got if got is not None else await work.settle(db, job, now_ms)
             if isinstance(got, Job):
                 await self._outbox.enqueue_in(db, [got], now)
@@ -300,19 +303,24 @@ class SQLiteStore:
             await self._outbox.enqueue_in(db, [job], now)
         return job
 
-    async def heartbeat(self, owner: str, *, lease_s: float, now: datetime) -> Beat:
+    async def heartbeat(
+        self, owner: str, leases: Collection[int], *, lease_s: float, now: datetime
+    ) -> Beat:
         expires_ms = to_ms(now) + int(lease_s * 1000)
         async with self._txn() as db:
             cur = await db.execute(
-                "UPDATE leases SET expires_at = ? WHERE owner = ?", (expires_ms, owner)
+                "UPDATE leases SET expires_at = ? WHERE owner = ?"
+                " AND pk IN (SELECT value FROM json_each(?))",
+                (expires_ms, owner, jsonutil.dumps_str(sorted(leases))),
             )
             renewed = cur.rowcount
-            async with db.execute(
+            found = await work.rows(
+                db,
                 "SELECT DISTINCT l.job_pk FROM leases l JOIN jobs j ON j.pk = l.job_pk"
                 " WHERE l.owner = ? AND j.stop_status IS NOT NULL",
                 (owner,),
-            ) as rows:
-                stopping = frozenset(r[0] for r in await rows.fetchall())
+            )
+            stopping = frozenset(r[0] for r in found)
         return Beat(renewed, stopping)
 
     # -- reads -----------------------------------------------------------
@@ -432,8 +440,7 @@ class SQLiteStore:
             " ORDER BY expires_at LIMIT ?"
         )
         async with self._txn() as db:
-            async with db.execute(sql, (to_ms(now), limit)) as cur:
-                jobs = [job_from_row(r) for r in await cur.fetchall()]
+            jobs = [job_from_row(r) for r in await work.rows(db, sql, (to_ms(now), limit))]
             for job in jobs:
                 await _remove(db, job, "expired", now, keep_until)
         return jobs

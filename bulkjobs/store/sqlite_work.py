@@ -44,7 +44,7 @@ RETURNING {JOB_COLS}
 """
 
 _NEXT_JOB = f"""
-SELECT {JOB_COLS} FROM jobs j
+SELECT {JOB_COLS}, next_idx FROM jobs j
 WHERE j.{_ACTIVE} AND j.stop_status IS NULL AND j.next_idx < j.total_items
   AND j.operation IN (SELECT value FROM json_each(:ops))
 ORDER BY coalesce((SELECT t.turn FROM tenant_turns t WHERE t.tenant = j.tenant), 0), j.turn, j.pk
@@ -63,9 +63,14 @@ ORDER BY expires_at, pk LIMIT 1
 
 
 async def one(db: aiosqlite.Connection, sql: str, params: Any = ()) -> Any:
-    """The first row of a statement, or None."""
-    async with db.execute(sql, params) as cur:
-        return await cur.fetchone()
+    """The first row of a statement, or None (one trip to the connection's thread)."""
+    rows = await db.execute_fetchall(sql, params)
+    return next(iter(rows), None)
+
+
+async def rows(db: aiosqlite.Connection, sql: str, params: Any = ()) -> list[Any]:
+    """Every row of a statement, in one trip to the connection's thread."""
+    return list(await db.execute_fetchall(sql, params))
 
 
 async def job_by_pk(db: aiosqlite.Connection, pk: int) -> Job | None:
@@ -86,8 +91,8 @@ def claimable_ops(limits: Mapping[str, OperationLimits], out: Mapping[str, int])
 
 
 async def leases_by_operation(db: aiosqlite.Connection) -> dict[str, int]:
-    async with db.execute("SELECT operation, count(*) FROM leases GROUP BY operation") as cur:
-        return {r[0]: r[1] for r in await cur.fetchall()}
+    found = await rows(db, "SELECT operation, count(*) FROM leases GROUP BY operation")
+    return {r[0]: r[1] for r in found}
 
 
 @attrs.frozen
@@ -120,18 +125,25 @@ async def reclaim_expired(
     return Span(lease_pk, job, first, last)
 
 
-async def next_job(db: aiosqlite.Connection, ops_json: str) -> Job | None:
-    """The next job in turn: least recently served tenant, then its least recent job."""
+async def next_job(db: aiosqlite.Connection, ops_json: str) -> tuple[Job, int] | None:
+    """The next job in turn (least recently served tenant, then its least recent job),
+    with its claim frontier."""
     row = await one(db, _NEXT_JOB, {"ops": ops_json})
-    return job_from_row(row) if row else None
+    return (job_from_row(row), row[-1]) if row else None
 
 
 async def lease_span(
-    db: aiosqlite.Connection, job: Job, span_items: int, owner: str, now_ms: int, expires_ms: int
+    db: aiosqlite.Connection,
+    job: Job,
+    first: int,
+    span_items: int,
+    owner: str,
+    *,
+    now_ms: int,
+    expires_ms: int,
 ) -> Span | None:
-    """Lease the next `span_items` indexes of `job` from its claim frontier (items in it
+    """Lease `span_items` indexes of `job` from `first`, its claim frontier (items in it
     that are no longer pending are skipped when the span is read)."""
-    first = await _frontier(db, job.pk)
     last = min(first + span_items, job.total_items) - 1
     if first > last:
         return None
@@ -146,11 +158,6 @@ async def lease_span(
     if job.status is JobStatus.PENDING:
         job = await transition(db, job.pk, JobStatus.RUNNING, now_ms)
     return Span(lease_pk, job, first, last)
-
-
-async def _frontier(db: aiosqlite.Connection, job_pk: int) -> int:
-    """The first index not yet leased (items before it are settled or out)."""
-    return int((await one(db, "SELECT next_idx FROM jobs WHERE pk = ?", (job_pk,)))[0])
 
 
 async def _take_turn(db: aiosqlite.Connection, job: Job, next_idx: int) -> None:
@@ -183,8 +190,7 @@ async def span_items(reader: Any, job_pk: int, first: int, last: int) -> list[Wo
 async def owned_leases(db: aiosqlite.Connection, owner: str, pks: Sequence[int]) -> set[int]:
     marks = ",".join("?" * len(pks))
     sql = f"SELECT pk FROM leases WHERE owner = ? AND pk IN ({marks})"
-    async with db.execute(sql, (owner, *pks)) as cur:
-        return {r[0] for r in await cur.fetchall()}
+    return {r[0] for r in await rows(db, sql, (owner, *pks))}
 
 
 async def apply_outcomes(

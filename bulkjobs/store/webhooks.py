@@ -108,8 +108,7 @@ class SQLiteWebhooks:
             "SELECT job_pk, events, progress_interval_ms, last_progress_at, last_milestone"
             f" FROM webhook_subscriptions WHERE gone_at IS NULL AND job_pk IN ({marks})"
         )
-        async with db.execute(sql, pks) as cur:
-            rows = await cur.fetchall()
+        rows = await db.execute_fetchall(sql, pks)
         return {r[0]: ProgressState(frozenset(r[1].split()), r[2], r[3], r[4]) for r in rows}
 
     async def _insert(
