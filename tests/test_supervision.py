@@ -128,3 +128,28 @@ async def test_heartbeat_renews_our_leases(make_client: Any, gate: Any) -> None:
     assert beat.renewed == 1 and not beat.stopping
     gate.opened.set()
     await wait_terminal(client, body["id"])
+
+
+async def test_a_dispatcher_that_dies_mid_hand_out_gives_the_rest_back(make_client: Any) -> None:
+    """A restarted dispatcher releases a lease whose chunks it had not all queued: the
+    store leases the unqueued items again, and every item runs once."""
+    client: TestClient = await make_client(load_page_items=200)
+    engine = client.app[ENGINE]
+    queue, puts = engine.queue, 0
+    real_put = queue.put
+
+    async def put_then_fail(chunk: Any) -> None:
+        nonlocal puts
+        puts += 1
+        if puts == 2:
+            raise RuntimeError("the dispatcher dies after queueing one chunk")
+        await real_put(chunk)
+
+    queue.put = put_then_fail  # type: ignore[method-assign]
+    body = await submit(client, "echo", [{"n": i} for i in range(150)])  # 3 chunks of 50
+    job = await wait_terminal(client, body["id"])
+    assert (job.status, job.succeeded) == ("completed", 150)
+    assert engine.supervisor.restarts["dispatcher"] == 1
+    items = await (await client.get(f"/bulk-jobs/{body['id']}/items?limit=200")).json()
+    assert [i["attempts"] for i in items["data"]] == [1] * 150
+    assert {i["result"]["attempt"] for i in items["data"]} == {1}
