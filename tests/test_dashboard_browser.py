@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from bulkjobs.security import hash_key
 from bulkjobs.web.keys import ENGINE
 from tests.conftest import ClientFactory
+from tests.support import Gate, submit, wait_terminal
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -75,13 +76,15 @@ async def test_dashboard_submits_a_demo_job_and_follows_it_live(
             row = page.locator("#jobs-body tr").first
             await expect(row.locator("[data-role=status]")).to_have_text("completed")
             await expect(row.locator("[data-role=pct]")).to_have_text("100%")
-            fill = row.locator(".bar span")
-            assert await fill.evaluate("e => e.style.width") == "100%"
+            widths = await row.locator(".bar span").evaluate_all("es => es.map(e => e.style.width)")
+            assert widths == ["99%", "1%", "0%"]  # succeeded, failed, cancelled
             # Every 100th item fails: 30 failures, paged 20 at a time.
             await expect(page.locator("#failures-body tr")).to_have_count(20)
             await page.click("#failures-more")
             await expect(page.locator("#failures-body tr")).to_have_count(30)
-            await expect(page.locator("#detail-counts")).to_contain_text("30 failed")
+            await expect(page.locator("#detail-counts")).to_have_text(
+                "3,000 of 3,000 ran, 30 failed"
+            )
             await expect(page.locator("#detail-cancel")).to_be_disabled()
             await page.evaluate("window.scrollTo(0, 0)")
             await page.screenshot(path=str(tmp_path / "dashboard.png"))
@@ -137,3 +140,44 @@ async def test_dashboard_with_api_keys_asks_for_a_key_and_streams_with_a_token(
     resp = await client.get("/bulk-jobs", headers={"Authorization": f"Bearer {key}"})
     jobs = (await resp.json())["data"]
     assert [j["status"] for j in jobs] == ["completed"]
+
+
+async def test_a_cancelled_job_is_drawn_from_its_counters_not_as_a_success(
+    make_client: ClientFactory, gate: Gate
+) -> None:
+    client: TestClient = await make_client(cancel_wait_s=0.05)
+    job = await submit(client, "gated", [{"n": i} for i in range(2000)])
+    await gate.wait_started(2)  # two items in flight (concurrency 2), the rest pending
+    resp = await client.post(f"/bulk-jobs/{job['id']}/cancel")
+    assert resp.status == 202
+    gate.opened.set()
+    done = await wait_terminal(client, job["id"])
+    assert (done.status.value, done.succeeded, done.cancelled) == ("cancelled", 2, 1998)
+    assert done.progress == 1.0  # the API field keeps its meaning: every item is terminal
+    expect = playwright_api.expect
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            await page.goto(str(client.make_url("/")))
+            row = page.locator(f"#jobs-body tr[data-job='{job['id']}']")
+            await expect(row.locator("[data-role=pct]")).to_have_text("0%")
+            bar = row.locator(".bar")
+            await expect(bar).to_have_attribute("aria-label", "2 of 2,000 ran, 1,998 cancelled")
+            widths = await bar.locator("span").evaluate_all(
+                "es => es.map(e => [e.dataset.seg, e.style.width,"
+                " getComputedStyle(e).backgroundColor])"
+            )
+            assert [(w[0], w[1]) for w in widths] == [
+                ("succeeded", "0.1%"),
+                ("failed", "0%"),
+                ("cancelled", "99.9%"),
+            ]
+            assert len({w[2] for w in widths}) == 3, "segments need distinct colours"
+            await row.click()
+            await expect(page.locator("#detail-counts")).to_have_text(
+                "2 of 2,000 ran, 1,998 cancelled"
+            )
+            await expect(page.locator("#detail-progress")).to_have_text("0%")
+        finally:
+            await browser.close()

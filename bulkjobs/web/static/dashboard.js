@@ -43,16 +43,42 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-const pct = (job) => `${Math.floor((job.progress || 0) * 100)}%`;
 const time = (ts) => (ts ? new Date(ts).toLocaleTimeString() : "–");
 const shortId = (id) => `${id.slice(0, 8)}…${id.slice(-4)}`;
+const num = (n) => Number(n || 0).toLocaleString("en-US");
+
+// Bars and texts are drawn from the counters, never from `progress`: a job cancelled
+// after 248 of 20,000 items has progress 1.0 (every item is terminal), yet only 248 ran.
+const SEGMENTS = [["succeeded", "ok"], ["failed", "bad"], ["cancelled", "cxl"]];
+
+function ranShare(job) {
+  const total = job.total_items || 0;
+  return total ? ((job.succeeded || 0) + (job.failed || 0)) / total : 0;
+}
+
+const pct = (job) => `${Math.floor(ranShare(job) * 100)}%`;
+
+function summary(job) {
+  const ran = (job.succeeded || 0) + (job.failed || 0);
+  let text = `${num(ran)} of ${num(job.total_items)} ran`;
+  if (job.failed) text += `, ${num(job.failed)} failed`;
+  if (job.cancelled) text += `, ${num(job.cancelled)} cancelled`;
+  return text;
+}
+
+function segmentedBar(job, extra = "") {
+  // CSSOM, not a style attribute: the page's Content-Security-Policy blocks those.
+  const bar = el("div", { class: `bar seg ${extra}`.trim(), role: "img", "aria-label": summary(job) });
+  for (const [field, kind] of SEGMENTS) {
+    const part = el("span", { class: kind, "data-seg": field });
+    part.style.width = `${job.total_items ? (100 * (job[field] || 0)) / job.total_items : 0}%`;
+    bar.append(part);
+  }
+  return bar;
+}
 
 function progressCell(job) {
-  // CSSOM, not a style attribute: the page's Content-Security-Policy blocks those.
-  const fill = el("span");
-  fill.style.width = `${(job.progress || 0) * 100}%`;
-  const bar = el("div", { class: "bar" + (TERMINAL.has(job.status) ? " done" : "") }, fill);
-  return el("div", { class: "progress" }, bar,
+  return el("div", { class: "progress", title: summary(job) }, segmentedBar(job),
     el("span", { class: "pct", "data-role": "pct" }, pct(job)));
 }
 
@@ -85,11 +111,9 @@ function renderDetail() {
   const status = $("detail-status");
   status.textContent = job.status;
   status.className = `badge ${job.status}`;
-  $("detail-bar").style.width = `${(job.progress || 0) * 100}%`;
-  $("detail-bar").parentElement.classList.toggle("done", TERMINAL.has(job.status));
+  $("detail-bar").replaceChildren(segmentedBar(job, "big"));
   $("detail-progress").textContent = pct(job);
-  $("detail-counts").textContent = `${job.processed} of ${job.total_items} processed · ` +
-    `${job.succeeded} succeeded · ${job.failed} failed · ${job.cancelled} cancelled`;
+  $("detail-counts").textContent = summary(job);
   $("detail-operation").textContent = job.operation;
   $("detail-created").textContent = time(job.created_at);
   $("detail-completed").textContent = time(job.completed_at);
