@@ -88,6 +88,11 @@ class TokenSigner:
         self._secret = secret or os.urandom(32)
         self.ttl_s = ttl_s
 
+    def use_secret(self, secret: bytes) -> None:
+        """Sign with the store's secret from now on: tokens then survive a restart and
+        are valid on every process that shares the store."""
+        self._secret = secret
+
     def sign(self, job_id: str, tenant: str, now: float | None = None) -> str:
         expiry = int((time.time() if now is None else now) + self.ttl_s)
         return f"{expiry}.{tenant}.{self._mac(job_id, tenant, expiry)}"

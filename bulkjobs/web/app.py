@@ -63,6 +63,7 @@ def create_app(
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = app[ENGINE]
     await engine.start()
+    app[SIGNER].use_secret(engine.events_secret)
     yield
     await engine.stop()
 
