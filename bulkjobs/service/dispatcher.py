@@ -6,6 +6,13 @@ working, as `LeaseRun`s, so that workers can stop early when their job is asked 
 stop. A lease of an operation with a concurrency limit is one chunk (the limit counts
 leases, across every process); others span up to `span_items` items, so that one
 claim feeds several chunks.
+
+Pacing keeps local look-ahead short in time, not just in chunks: from the seconds per
+item the workers observe, a lease holds about `AHEAD_S` of work (at least one chunk),
+and chunks wait for the queue until less than `AHEAD_S` of work is queued. Fast
+operations get long leases and a full queue; slow ones are claimed one chunk at a
+time, when a worker is about to need it, so the store's tenant-then-job order decides
+what runs next instead of whatever was prefetched.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class LeaseRun:
     pk: int
     tenant: str
     operation: Operation
+    chunk_s: float = 0.0  # the estimated seconds of one chunk when it was queued
     chunks: int = 0
     queued: int = 0  # chunks handed to the work queue so far
     settled: int = 0  # chunk results counted by the writer
@@ -43,14 +51,36 @@ class LeaseRun:
 Chunk = tuple[LeaseRun, list[WorkItem]]
 
 
-def operation_limits(registry: Registry, span_items: int) -> dict[str, OperationLimits]:
-    """How the store may lease each registered operation's items."""
-    limits = {}
-    for op in registry.operations:
-        size = op.options.batch_size
-        span = size if op.options.concurrency else size * max(1, span_items // size)
-        limits[op.name] = OperationLimits(span, op.options.concurrency)
-    return limits
+#: Work a lease holds and work queued ahead of the workers, in seconds.
+AHEAD_S = 0.1
+#: What one chunk of an operation is assumed to take before any has been timed.
+UNTIMED_CHUNK_S = 1.0
+_EWMA = 0.2
+
+
+class Pace:
+    """Seconds per item of each operation, as the workers observe them (EWMA)."""
+
+    def __init__(self) -> None:
+        self._item_s: dict[str, float] = {}
+
+    def observe(self, operation: str, item_s: float) -> None:
+        old = self._item_s.get(operation)
+        self._item_s[operation] = item_s if old is None else old + _EWMA * (item_s - old)
+
+    def chunk_s(self, op: Operation) -> float:
+        item_s = self._item_s.get(op.name)
+        return UNTIMED_CHUNK_S if item_s is None else item_s * op.options.batch_size
+
+    def limits(self, registry: Registry, span_items: int) -> dict[str, OperationLimits]:
+        """How the store may lease each registered operation's items now."""
+        limits = {}
+        for op in registry.operations:
+            size = op.options.batch_size
+            most = max(1, span_items // size)
+            chunks = 1 if op.options.concurrency else min(most, int(AHEAD_S / self.chunk_s(op)))
+            limits[op.name] = OperationLimits(size * max(1, chunks), op.options.concurrency)
+        return limits
 
 
 @attrs.define
@@ -79,9 +109,11 @@ class Dispatcher:
         self._on_jobs = on_jobs
         self._on_abandoned = on_abandoned
         self._registry = registry
-        self._limits = operation_limits(registry, config.span_items)
+        self.pace = Pace()
         self._runs: dict[int, LeaseRun] = {}
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._queued_s = 0.0  # estimated seconds of work in the queue
 
     def wake(self) -> None:
         """Something may be claimable now (a submit, a settled lease, a stop)."""
@@ -120,6 +152,7 @@ class Dispatcher:
         await self._abandon_unqueued()  # restarted: what the last loop could not hand out
         while True:
             self._wake.clear()
+            await self._wait_room()  # claim as late as possible: the store decides who's next
             claimed = await self._claim()
             if claimed.settled:
                 self._on_jobs(claimed.settled)
@@ -130,7 +163,19 @@ class Dispatcher:
 
     async def _claim(self) -> Claimed:
         cfg = self.config
-        return await self._store.claim(cfg.owner, self._limits, lease_s=cfg.lease_s, now=utcnow())
+        limits = self.pace.limits(self._registry, cfg.span_items)
+        return await self._store.claim(cfg.owner, limits, lease_s=cfg.lease_s, now=utcnow())
+
+    async def _wait_room(self) -> None:
+        """Until the queue has a free slot and less than `AHEAD_S` of work queued."""
+        while self._queue.full() or (self._queued_s >= AHEAD_S and not self._queue.empty()):
+            self._room.clear()
+            await self._room.wait()
+
+    def took(self, run: LeaseRun) -> None:
+        """A worker took one of the run's chunks from the queue."""
+        self._queued_s = max(0.0, self._queued_s - run.chunk_s)
+        self._room.set()
 
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -150,7 +195,7 @@ class Dispatcher:
         op = self._registry.get(job.operation)
         assert op is not None, "claimed an operation that is not registered"
         chunks = -(-len(lease.items) // op.options.batch_size)
-        run = LeaseRun(lease.pk, job.id, job.pk, job.tenant, op, chunks=chunks)
+        run = LeaseRun(lease.pk, job.id, job.pk, job.tenant, op, self.pace.chunk_s(op), chunks)
         run.stopping = job.stop_requested is not None
         return run
 
@@ -160,7 +205,9 @@ class Dispatcher:
         self._runs[lease.pk] = run  # before the first await: a restart finds it
         size = run.operation.options.batch_size
         for i in range(0, len(lease.items), size):
-            await self._queue.put((run, list(lease.items[i : i + size])))
+            await self._wait_room()
+            self._queue.put_nowait((run, list(lease.items[i : i + size])))
+            self._queued_s += run.chunk_s
             run.queued += 1
 
     def drop_queued(self) -> None:
@@ -169,3 +216,4 @@ class Dispatcher:
         while not self._queue.empty():
             self._queue.get_nowait()
             self._queue.task_done()
+        self._queued_s = 0.0

@@ -99,6 +99,7 @@ class Engine:
         )
         self.workers = WorkerPool(
             self.queue,
+            self.dispatcher,
             self.writer,
             settings.workers,
             self.metrics,

@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from ..models import ItemOutcome, WorkItem
-from .dispatcher import Chunk, LeaseRun
+from .dispatcher import Chunk, Dispatcher, LeaseRun
 from .executor import Executor
 from .metrics import Metrics
 from .writer import ChunkDone, ResultWriter
@@ -26,6 +26,7 @@ class WorkerPool:
     def __init__(
         self,
         queue: asyncio.Queue[Chunk],
+        dispatcher: Dispatcher,
         writer: ResultWriter,
         size: int,
         metrics: Metrics,
@@ -33,6 +34,7 @@ class WorkerPool:
         on_broken: OnBroken,
     ) -> None:
         self._queue = queue
+        self._dispatcher = dispatcher
         self._writer = writer
         self._executor = Executor(handler_threads, metrics)
         self._metrics = metrics
@@ -50,6 +52,7 @@ class WorkerPool:
         """One worker: loop until cancelled."""
         while True:
             run, chunk = await self._queue.get()
+            self._dispatcher.took(run)
             self.busy += 1
             self._idle.clear()
             try:
@@ -75,7 +78,9 @@ class WorkerPool:
             rows = await self._executor.run_chunk(run, chunk)
         await self._writer.put(ChunkDone(run, rows))
         if rows:
-            self._observe(run.operation.name, rows, time.perf_counter() - started)
+            elapsed_s = time.perf_counter() - started
+            self._dispatcher.pace.observe(run.operation.name, elapsed_s / len(rows))
+            self._observe(run.operation.name, rows, elapsed_s)
 
     def _observe(self, operation: str, rows: list[ItemOutcome], elapsed_s: float) -> None:
         ok = sum(1 for r in rows if r.status == "succeeded")
