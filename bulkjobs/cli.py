@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,11 @@ SERVE_FLAGS: list[tuple[str, str, str]] = [
     ("--webhook-timeout-s", "webhook_timeout_s", "seconds a webhook endpoint has to answer"),
     ("--webhook-concurrency", "webhook_concurrency", "webhook deliveries in flight at once"),
     ("--api-keys-file", "api_keys_file", "file of 'tenant:sha256:<hex>' lines; none = open"),
+    (
+        "--insecure-open",
+        "insecure_open",
+        "serve without API keys on a non-loopback address (anyone can reach it)",
+    ),
     ("--events-token-ttl-s", "events_token_ttl_s", "lifetime of signed events-link tokens"),
     ("--submit-rate-per-s", "submit_rate_per_s", "submits per second per tenant (0 = no limit)"),
     ("--submit-burst", "submit_burst", "submits a tenant may send at once"),
@@ -77,7 +83,16 @@ ENV_ONLY: list[tuple[str, str]] = [
     ("api_keys", "'tenant:sha256:<hex>' lines, comma separated (or --api-keys-file)"),
 ]
 
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` names only this machine (`localhost`, 127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,13 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         env = ENV_PREFIX + name.upper()
         default = getattr(defaults, name)
         kind = type(fields[name].default)
-        serve.add_argument(
-            flag,
-            dest=name,
-            type=_parse_bool if kind is bool else kind,
-            default=None,
-            help=f"{text} (env {env}, default {default!r})",
-        )
+        helptext = f"{text} (env {env}, default {default!r})"
+        if kind is bool:  # a bare boolean flag (`--insecure-open`) means true
+            serve.add_argument(
+                flag, dest=name, type=_parse_bool, nargs="?", const=True, help=helptext
+            )
+        else:
+            serve.add_argument(flag, dest=name, type=kind, default=None, help=helptext)
     serve.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     keygen = sub.add_parser(
         "keygen",
@@ -156,6 +171,7 @@ def serve(args: argparse.Namespace) -> int:
     from .logs import setup_logging
     from .web import create_app
     from .web.accesslog import AccessLogger
+    from .web.keys import KEYRING
 
     overrides = {name: getattr(args, name) for _, name, _ in SERVE_FLAGS}
     try:
@@ -166,7 +182,14 @@ def serve(args: argparse.Namespace) -> int:
         print(f"bulkjobs: {exc}", file=sys.stderr)
         return 2
     log = logging.getLogger("bulkjobs")
-    if not (settings.api_keys or settings.api_keys_file) and settings.host not in _LOOPBACK:
+    if not app[KEYRING].enabled and not is_loopback(settings.host):
+        if not settings.insecure_open:
+            print(
+                f"bulkjobs: refusing to serve {settings.host} without API keys; configure"
+                " --api-keys-file (or BULKJOBS_API_KEYS), or pass --insecure-open",
+                file=sys.stderr,
+            )
+            return 2
         log.warning("no API keys configured and bound to %s: anyone can reach it", settings.host)
     # What exists now (modules, app, registry) lives as long as the process: keep it out
     # of the cyclic GC's full collections, which otherwise stall the loop 20-30 ms each,

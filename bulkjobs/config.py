@@ -68,6 +68,7 @@ class Settings:
     # security and admission (issue 6): keys are `tenant:sha256:<hex>` lines
     api_keys_file: str = ""
     api_keys: str = ""  # the same lines, comma separated (env BULKJOBS_API_KEYS)
+    insecure_open: bool = False  # allow serving without keys on a non-loopback address
     events_token_ttl_s: int = 3600
     submit_rate_per_s: float = 20.0  # per tenant; 0 = unlimited
     submit_burst: int = 40

@@ -73,12 +73,25 @@ class KeyRing:
 
     @classmethod
     def load(cls, path: str, env_value: str) -> KeyRing:
-        """Keys from a file (if given) plus the environment value."""
+        """Keys from a file (if given) plus the environment value.
+
+        A source that is configured but holds no key raises `KeyConfigError`: an
+        empty ring means "open", and a typo must not open the server to everyone.
+        """
         lines = re.split(r"[,\n]", env_value) if env_value else []
         if path:
             with open(path, encoding="utf-8") as fh:
                 lines += fh.read().splitlines()
-        return cls.parse(lines)
+        ring = cls.parse(lines)
+        if (path or env_value) and not ring.enabled:
+            where = " and ".join(
+                name for name, given in ((path, path), ("BULKJOBS_API_KEYS", env_value)) if given
+            )
+            raise KeyConfigError(
+                f"API keys are configured ({where}) but none was found; refusing to run"
+                " open (remove the setting to run without keys)"
+            )
+        return ring
 
 
 class TokenSigner:

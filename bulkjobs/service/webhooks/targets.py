@@ -47,10 +47,44 @@ def url_problem(text: Any) -> str | None:
     return None
 
 
+_NET = ipaddress.IPv6Network
+#: IPv6 forms that carry an IPv4 address in their last 32 bits: a translator or the
+#: host's own stack may reach that IPv4 address, so it is the one to check.
+_LAST_32_BITS_IPV4 = (
+    _NET("::ffff:0:0/96"),  # IPv4-mapped
+    _NET("::ffff:0:0:0/96"),  # SIIT, IPv4-translated (RFC 6145)
+    _NET("64:ff9b::/96"),  # NAT64 well-known prefix (RFC 6052)
+    _NET("::/96"),  # IPv4-compatible (deprecated, RFC 4291); also :: and ::1
+)
+#: Refused outright: the embedded IPv4 address cannot be located, or the scope is local.
+_REFUSED_V6 = (
+    _NET("64:ff9b:1::/48"),  # local-use NAT64 (RFC 8215): any prefix length inside
+    _NET("fec0::/10"),  # site-local (deprecated, RFC 3879)
+)
+_GLOBAL_UNICAST_V6 = _NET("2000::/3")
+
+
+def embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (6to4, Teredo, NAT64, SIIT...)."""
+    if addr.sixtofour is not None:
+        return [addr.sixtofour]
+    if addr.teredo is not None:
+        return list(addr.teredo)  # (server, client): the client is the real peer
+    for net in _LAST_32_BITS_IPV4:
+        if addr in net:
+            return [ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)]
+    return []
+
+
 def is_forbidden(addr: IPAddress) -> bool:
-    """True for loopback, private, link-local, multicast, unspecified and other non-public."""
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    """True for loopback, private, link-local, multicast, unspecified and other non-public,
+    including IPv6 addresses that embed such an IPv4 address."""
+    if isinstance(addr, ipaddress.IPv6Address):
+        inner = embedded_ipv4(addr)
+        if inner:
+            return any(is_forbidden(v4) for v4 in inner)
+        if addr not in _GLOBAL_UNICAST_V6 or any(addr in net for net in _REFUSED_V6):
+            return True
     return addr.is_multicast or not addr.is_global
 
 
