@@ -12,6 +12,7 @@ from bulkjobs.registry import Registry
 from bulkjobs.web import create_app
 from bulkjobs.web.accesslog import AccessLogger
 from tests.openapi_contract import ApiContract
+from tests.pg_support import pg_cluster, pg_url  # noqa: F401  (fixtures: PostgreSQL tests)
 from tests.support import Gate, make_registry
 
 ClientFactory = Callable[..., Awaitable[TestClient]]

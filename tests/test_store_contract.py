@@ -9,7 +9,8 @@ there and must pass every test unchanged.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,15 +29,36 @@ def _open_sqlite(tmp_path: Path) -> SQLiteStore:
     return SQLiteStore(str(tmp_path / "contract.sqlite3"))
 
 
-BACKENDS = {"sqlite": _open_sqlite}
+@asynccontextmanager
+async def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    yield _open_sqlite(tmp_path)
+
+
+@asynccontextmanager
+async def _postgres(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh database on the session's cluster; leases timed by the tests' `now`."""
+    from bulkjobs.store.postgres import PostgresStore
+    from tests.pg_support import create_database, drop_database
+
+    cluster = request.getfixturevalue("pg_cluster")
+    url = await create_database(cluster)
+    try:
+        yield PostgresStore(url, pool_size=4, lease_clock="caller")
+    finally:
+        await drop_database(cluster, url)
+
+
+#: Each backend: an async context giving an unopened store (and cleaning up after it).
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], AbstractAsyncContextManager[Store]]]
+BACKENDS = {"sqlite": _sqlite, "postgres": _postgres}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = BACKENDS[request.param](tmp_path)
-    await s.open()
-    yield s
-    await s.close()
+    async with BACKENDS[request.param](request, tmp_path) as s:
+        await s.open()
+        yield s
+        await s.close()
 
 
 async def new_job(
