@@ -26,6 +26,22 @@ SERVE_FLAGS: list[tuple[str, str, str]] = [
     ("--max-body-bytes", "max_body_bytes", "largest accepted request body"),
     ("--max-items", "max_items", "most items in one job"),
     ("--max-pending-items", "max_pending_items", "items waiting across all jobs before 503"),
+    (
+        "--max-pending-items-per-tenant",
+        "max_pending_items_per_tenant",
+        "items waiting in one tenant's jobs before 429 (0 = no limit)",
+    ),
+    (
+        "--max-stored-items-per-tenant",
+        "max_stored_items_per_tenant",
+        "items in one tenant's stored jobs before 507 (0 = no limit)",
+    ),
+    ("--body-timeout-s", "body_timeout_s", "seconds for a request body to start arriving (408)"),
+    (
+        "--body-min-rate-bytes-s",
+        "body_min_rate_bytes_s",
+        "slowest accepted request body, bytes per second (408)",
+    ),
     ("--default-ttl-s", "default_ttl_s", "how long finished jobs are kept, by default"),
     ("--max-ttl-s", "max_ttl_s", "longest ttl_seconds a job may ask for"),
     ("--tombstone-s", "tombstone_s", "how long a removed job's URL answers 410 before 404"),
@@ -35,10 +51,30 @@ SERVE_FLAGS: list[tuple[str, str, str]] = [
     ("--sqlite-synchronous", "sqlite_synchronous", "NORMAL (crash-safe) or FULL (power-safe)"),
     ("--sse-heartbeat-s", "sse_heartbeat_s", "seconds between SSE comment heartbeats"),
     ("--sse-max-streams", "sse_max_streams", "open SSE streams before 503"),
+    (
+        "--sse-max-streams-per-tenant",
+        "sse_max_streams_per_tenant",
+        "open SSE streams of one tenant before 429 (0 = no cap)",
+    ),
     ("--long-poll-max-s", "long_poll_max_s", "longest accepted ?wait= on GET /bulk-jobs/{id}"),
+    (
+        "--long-poll-max-waiting",
+        "long_poll_max_waiting",
+        "long polls waiting at once; beyond, ?wait= answers at once",
+    ),
+    (
+        "--long-poll-max-per-tenant",
+        "long_poll_max_per_tenant",
+        "long polls one tenant may have waiting; beyond, ?wait= answers at once",
+    ),
     ("--webhook-timeout-s", "webhook_timeout_s", "seconds a webhook endpoint has to answer"),
     ("--webhook-concurrency", "webhook_concurrency", "webhook deliveries in flight at once"),
     ("--api-keys-file", "api_keys_file", "file of 'tenant:sha256:<hex>' lines; none = open"),
+    (
+        "--allowed-hosts",
+        "allowed_hosts",
+        "open mode: Host names answered besides loopback, comma list ('*' = any)",
+    ),
     (
         "--insecure-open",
         "insecure_open",
@@ -82,7 +118,6 @@ ENV_ONLY: list[tuple[str, str]] = [
     ("webhook_secrets", "whsec_<base64> signing secrets, space or comma separated"),
     ("api_keys", "'tenant:sha256:<hex>' lines, comma separated (or --api-keys-file)"),
 ]
-
 
 
 def is_loopback(host: str) -> bool:

@@ -23,8 +23,12 @@ class Settings:
     base_path: str = ""
     # intake limits
     max_body_bytes: int = 64 * 1024 * 1024
+    body_timeout_s: float = 30.0  # a request body must start arriving within this (408)
+    body_min_rate_bytes_s: int = 1024  # ... and then keep at least this rate (408)
     max_items: int = 1_000_000
     max_pending_items: int = 5_000_000
+    max_pending_items_per_tenant: int = 0  # items waiting in one tenant's jobs; 0 = no cap
+    max_stored_items_per_tenant: int = 0  # items in one tenant's stored jobs; 0 = no cap
     # retention
     default_ttl_s: int = 7 * 24 * 3600
     min_ttl_s: int = 60
@@ -54,9 +58,12 @@ class Settings:
     sse_heartbeat_s: float = 15.0
     sse_retry_ms: int = 3000
     sse_max_streams: int = 1000
+    sse_max_streams_per_tenant: int = 100  # open event streams of one tenant; 0 = no cap
     sse_buffer_events: int = 32
     sse_send_timeout_s: float = 30.0
     long_poll_max_s: float = 60.0
+    long_poll_max_waiting: int = 1000  # long polls waiting at once; beyond, answer at once
+    long_poll_max_per_tenant: int = 100  # the same, per tenant
     # webhooks: whsec_ secrets (space/comma separated, all used to sign), retry delays
     webhook_secrets: str = attrs.field(default="", validator=lambda _i, _a, v: _check_secrets(v))
     webhook_allow_private: bool = False  # allow loopback/private targets (local use, tests)
@@ -75,6 +82,8 @@ class Settings:
     max_active_jobs: int = 100  # pending or running jobs per tenant; 0 = unlimited
     min_free_disk_bytes: int = 100 * 1024 * 1024
     access_log: bool = True
+    # open mode (no API keys): Host names answered besides loopback ones; `*` = any
+    allowed_hosts: str = ""
     log_format: str = attrs.field(default="text", validator=attrs.validators.in_({"text", "json"}))
     # sync handlers' thread pool; 0 = 2 x workers (at most `workers` calls run at once,
     # the other half is headroom for threads stuck in handlers past their timeout)

@@ -150,6 +150,14 @@ CATALOG: dict[str, ProblemType] = {
             " or poll the job instead.",
         ),
         ProblemType(
+            "too_many_open_streams",
+            429,
+            "Too many event streams of yours",
+            "The caller's tenant has as many event streams open as allowed"
+            " (`--sse-max-streams-per-tenant`); close one (the tenant-wide `GET /events`"
+            " follows every job in one stream) or poll, and retry after `Retry-After`.",
+        ),
+        ProblemType(
             "shutting_down",
             503,
             "Shutting down",
@@ -205,6 +213,41 @@ CATALOG: dict[str, ProblemType] = {
             429,
             "Too many active jobs",
             "The tenant has as many pending or running jobs as allowed; wait for some to finish.",
+        ),
+        ProblemType(
+            "tenant_backlog_full",
+            429,
+            "Too many items waiting",
+            "The tenant's active jobs have as many items waiting as its quota allows"
+            " (`--max-pending-items-per-tenant`); retry after `Retry-After`.",
+        ),
+        ProblemType(
+            "tenant_storage_full",
+            507,
+            "Storage quota reached",
+            "The tenant's stored jobs hold as many items as its quota allows"
+            " (`--max-stored-items-per-tenant`); delete finished jobs or let them expire.",
+        ),
+        ProblemType(
+            "request_timeout",
+            408,
+            "Request timeout",
+            "The request body arrived too slowly (see `--body-timeout-s` and"
+            " `--body-min-rate-bytes-s`); the connection is closed.",
+        ),
+        ProblemType(
+            "host_not_allowed",
+            403,
+            "Host not allowed",
+            "Without API keys the server answers only loopback `Host` names (a guard against"
+            " DNS rebinding); list others with `--allowed-hosts`.",
+        ),
+        ProblemType(
+            "cross_site_request",
+            403,
+            "Cross-site request refused",
+            "Without API keys the server refuses POST and DELETE requests that a browser marks"
+            " as coming from another site (`Origin`, `Sec-Fetch-Site: cross-site`).",
         ),
         ProblemType(
             "insufficient_storage",

@@ -24,15 +24,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
 
 from .. import jsonutil
-from ..models import Job, format_ts
+from ..models import Job, JobStatus, format_ts
 
 HISTORY_PER_JOB = 64
+HISTORY_PER_TENANT = 256
 PROGRESS_INTERVAL_S = 0.1
 #: Progress deliveries per second across all subscribers of all jobs (see module doc).
 FANOUT_PER_S = 2000.0
@@ -47,6 +49,8 @@ class JobEvent:
     job_id: str
     type: str  # "snapshot" | "progress" | "status"
     job: Job
+    #: The job's first event after its submit (tenant streams call it `created`).
+    created: bool = False
 
     @functools.cached_property
     def json(self) -> str:
@@ -140,6 +144,94 @@ class Subscription:
             yield event
 
 
+@attrs.frozen
+class TenantEvent:
+    """A job event as a tenant-wide stream sends it: `id` is `<epoch>-<n>`."""
+
+    n: int
+    epoch: str
+    event: JobEvent
+
+    @property
+    def id(self) -> str:
+        return f"{self.epoch}-{self.n}"
+
+    @property
+    def type(self) -> str:
+        return "created" if self.event.created else self.event.type
+
+    @functools.cached_property
+    def sse(self) -> bytes:
+        """One Server-Sent Events message, built once for all of the tenant's streams."""
+        data = jsonutil.dumps_str(tenant_event_json(self.event))
+        return f"id: {self.id}\r\nevent: {self.type}\r\ndata: {data}\r\n\r\n".encode()
+
+
+def tenant_event_json(event: JobEvent) -> dict[str, Any]:
+    """A job event with what a list of jobs shows (operation, times), for tenant streams."""
+    j = event.job
+    return {
+        **event.to_dict(),
+        "operation": j.operation,
+        "created_at": format_ts(j.created_at),
+        "started_at": format_ts(j.started_at),
+        "completed_at": format_ts(j.completed_at),
+    }
+
+
+class TenantSubscription:
+    """The newest event of each changed job of one tenant, at most `maxsize` jobs."""
+
+    def __init__(self, tenant: str, maxsize: int) -> None:
+        self.tenant = tenant
+        self._maxsize = maxsize
+        self._buffer: dict[str, TenantEvent] = {}  # job id -> newest event, oldest first
+        self._ready = asyncio.Event()
+        self.closed = False
+        self.lagged = False
+
+    def push(self, event: TenantEvent) -> None:
+        """Keep the newest event per job; past `maxsize` jobs, drop all and mark `lagged`."""
+        job_id = event.event.job_id
+        old = self._buffer.pop(job_id, None)  # re-inserted last: ids stay in order
+        if old is not None and old.event.created and not event.event.created:
+            event = attrs.evolve(event, event=attrs.evolve(event.event, created=True))
+        if self.lagged:
+            return
+        if len(self._buffer) >= self._maxsize:
+            self._buffer.clear()
+            self.lagged = True
+        else:
+            self._buffer[job_id] = event
+        self._ready.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._ready.set()
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    async def next_batch(self) -> list[TenantEvent] | None:
+        """Everything buffered, oldest first, once there is something (or `lagged` is
+        set: then the list is empty); None once closed."""
+        while not self._buffer and not self.lagged:
+            if self.closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        if self.closed:
+            return None
+        batch = list(self._buffer.values())
+        self._buffer.clear()
+        return batch
+
+    def take_lagged(self) -> bool:
+        """True once after the buffer overflowed (the stream owes a snapshot)."""
+        lagged, self.lagged = self.lagged, False
+        return lagged
+
+
 class EventHub:
     """Per-job histories and subscribers; all methods run on the event loop."""
 
@@ -162,6 +254,12 @@ class EventHub:
         self._fanned_at: dict[str, float] = {}
         self._held: dict[str, JobEvent] = {}
         self._flush_timers: dict[str, asyncio.TimerHandle] = {}
+        # Tenant-wide streams: one counter for the hub, a short history per tenant.
+        self.epoch = secrets.token_hex(4)
+        self.tenant_seq = 0
+        self._tenant_history: dict[str, collections.deque[TenantEvent]] = {}
+        self._tenant_floor: dict[str, int] = {}
+        self._tenant_subscribers: dict[str, set[TenantSubscription]] = {}
 
     def publish(self, job: Job) -> JobEvent:
         """Record a committed change of `job` and hand it to every subscriber.
@@ -174,7 +272,8 @@ class EventHub:
         previous = self._last_status.get(job.id)
         kind = "status" if previous != job.status.value else "progress"
         self._last_status[job.id] = job.status.value
-        event = JobEvent(seq=job.seq, job_id=job.id, type=kind, job=job)
+        created = previous is None and job.status is JobStatus.PENDING
+        event = JobEvent(seq=job.seq, job_id=job.id, type=kind, job=job, created=created)
         if kind == "progress" and self._hold(event):
             return event
         self._deliver(event)
@@ -226,6 +325,54 @@ class EventHub:
         hist.append(event)
         for sub in self._subscribers.get(event.job_id, ()):
             sub.push(event)
+        self._deliver_tenant(event)
+
+    def _deliver_tenant(self, event: JobEvent) -> None:
+        tenant = event.job.tenant
+        self.tenant_seq += 1
+        tevent = TenantEvent(n=self.tenant_seq, epoch=self.epoch, event=event)
+        hist = self._tenant_history.get(tenant)
+        if hist is None:
+            hist = self._tenant_history[tenant] = collections.deque(maxlen=HISTORY_PER_TENANT)
+            self._tenant_floor[tenant] = 0  # nothing of this tenant came before
+        elif len(hist) == hist.maxlen:
+            self._tenant_floor[tenant] = hist[0].n
+        hist.append(tevent)
+        for sub in self._tenant_subscribers.get(tenant, ()):
+            sub.push(tevent)
+
+    def tenant_since(self, tenant: str, event_id: str) -> list[TenantEvent] | None:
+        """The tenant's events after `event_id` (`<epoch>-<n>` of this hub), or None when
+        the id is another hub's or the history no longer reaches back that far."""
+        epoch, _, raw = event_id.partition("-")
+        if epoch != self.epoch or not raw.isdigit() or int(raw) > self.tenant_seq:
+            return None
+        n = int(raw)
+        hist = self._tenant_history.get(tenant)
+        if hist is None:
+            return []
+        if n < self._tenant_floor[tenant]:
+            return None
+        return [e for e in hist if e.n > n]
+
+    def tenant_cursor(self) -> str:
+        """The id of a snapshot taken now: a resume from it replays what came after."""
+        return f"{self.epoch}-{self.tenant_seq}"
+
+    def subscribe_tenant(self, tenant: str, maxsize: int = 32) -> TenantSubscription:
+        sub = TenantSubscription(tenant, maxsize)
+        self._tenant_subscribers.setdefault(tenant, set()).add(sub)
+        self._subscriber_count += 1
+        return sub
+
+    def unsubscribe_tenant(self, sub: TenantSubscription) -> None:
+        subs = self._tenant_subscribers.get(sub.tenant)
+        if subs is not None and sub in subs:
+            subs.discard(sub)
+            self._subscriber_count -= 1
+            if not subs:
+                del self._tenant_subscribers[sub.tenant]
+        sub.close()
 
     def _mark_terminal(self, job_id: str) -> None:
         now = asyncio.get_running_loop().time()
@@ -290,6 +437,10 @@ class EventHub:
             for sub in subs:
                 sub.close()
         self._subscribers.clear()
+        for tsubs in self._tenant_subscribers.values():
+            for tsub in tsubs:
+                tsub.close()
+        self._tenant_subscribers.clear()
         self._subscriber_count = 0
 
     async def wait_changed(self, job_id: str, after_seq: int, timeout_s: float) -> JobEvent | None:

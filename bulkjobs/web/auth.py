@@ -2,7 +2,8 @@
 
 With no keys configured the server is open and everything belongs to the tenant
 `default`. Event streams also accept `?token=`, a signed, expiring token scoped to one
-job, because browsers cannot set headers on `EventSource`.
+job (or, for the tenant-wide `GET /events`, to the scope `*`, which no job id can
+equal), because browsers cannot set headers on `EventSource`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from ..errors import BulkJobsError
 from .keys import AUTHENTICATED, KEYRING, SETTINGS, SIGNER, TENANT
 
 DEFAULT_TENANT = "default"
+#: The token scope of the tenant-wide event stream (job ids are `job_...`).
+TENANT_EVENTS_SCOPE = "*"
+TENANT_EVENTS_PATH = "/events"
 
 #: Paths (after the base path) that never need a key.
 _PUBLIC_EXACT = frozenset({"", "/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/errors"})
@@ -55,13 +59,22 @@ def _authenticate(request: web.Request) -> str:
             raise _unauthorized("The API key is not valid.", "invalid_token")
         return tenant
     token = request.query.get("token")
-    job_id = request.match_info.get("job_id")
-    if token and job_id and request.path.endswith("/events"):
-        tenant = request.app[SIGNER].check(token, job_id)
+    scope = _token_scope(request)
+    if token and scope:
+        tenant = request.app[SIGNER].check(token, scope)
         if tenant is None:
             raise _unauthorized("The event-stream token is invalid or expired.", "invalid_token")
         return tenant
     raise _unauthorized("Send `Authorization: Bearer <API key>`.")
+
+
+def _token_scope(request: web.Request) -> str | None:
+    """What an events token may open here: one job's stream, or the tenant's."""
+    path = request.path.removeprefix(request.app[SETTINGS].base_path)
+    if path == TENANT_EVENTS_PATH:
+        return TENANT_EVENTS_SCOPE
+    job_id = request.match_info.get("job_id")
+    return job_id if job_id and path.endswith("/events") else None
 
 
 @web.middleware
@@ -80,3 +93,10 @@ def events_token(request: web.Request, job_id: str) -> str | None:
     if not request.app[KEYRING].enabled:
         return None
     return request.app[SIGNER].sign(job_id, tenant_of(request))
+
+
+def tenant_events_token(request: web.Request) -> str | None:
+    """A token for the caller's tenant-wide event stream, when keys are configured."""
+    if not request.app[KEYRING].enabled:
+        return None
+    return request.app[SIGNER].sign(TENANT_EVENTS_SCOPE, tenant_of(request))

@@ -147,13 +147,13 @@ JOB_HEADERS = "ETag Retry-After Expires Cache-Control"
 MISSING = "not_found job_not_found job_deleted job_expired"
 BUSY = (
     "rate_limited too_many_active_jobs insufficient_storage server_busy shutting_down"
-    " service_degraded"
+    " service_degraded tenant_backlog_full tenant_storage_full"
 )
 SUBMIT_ERRORS = (
     f"malformed_json invalid_idempotency_key {MISSING} payload_too_large too_many_items"
     " unsupported_media_type validation_error invalid_ttl unknown_operation"
     " idempotency_key_reused webhook_url_forbidden webhook_url_unresolvable"
-    f" webhooks_not_configured {BUSY}"
+    f" webhooks_not_configured request_timeout {BUSY}"
 )
 NDJSON_BODY = "One item per line; `operation` and `ttl_seconds` go in the query string"
 SUBMIT_BODY = {
@@ -201,8 +201,18 @@ def endpoints() -> dict[str, tuple[Any, ...]]:
             "Progress as Server-Sent Events; ends after the terminal event",
             {"200": text("An event stream", "text/event-stream"),
              "204": {"description": "A resumed stream of a finished job: nothing new"}},
-            f"invalid_request {MISSING} too_many_streams shutting_down",
+            f"invalid_request {MISSING} too_many_streams too_many_open_streams shutting_down",
             "JobId LastEventId LastEventIdQuery EventsToken"),
+        "GET /events": ("tenantEvents",
+            "Every job of the caller's tenant as Server-Sent Events: a `snapshot` of the"
+            " active jobs (or the missed events on resume), then `created`, `progress` and"
+            " `status` events; ids are `<epoch>-<n>`",
+            {"200": text("An event stream", "text/event-stream")},
+            "invalid_request too_many_streams too_many_open_streams shutting_down",
+            "TenantLastEventId TenantLastEventIdQuery TenantEventsToken"),
+        "GET /overview": ("overview",
+            "The caller's own backlog, running jobs, items/s and open streams",
+            {"200": body("The caller's load", ref("Overview"))}),
         "GET /bulk-jobs/{job_id}/results": ("downloadResults",
             "Download every outcome as NDJSON or CSV (`?format=` or `Accept`)", {"200": RESULTS},
             f"unsupported_format invalid_status_filter invalid_request {MISSING} not_acceptable"
@@ -262,6 +272,7 @@ OBJECT: Schema = {"type": "object"}
 DIGITS: Schema = {"type": "string", "pattern": "^[0-9]+$"}
 JOB_STATUS = enum_schema([s.value for s in JobStatus])
 ITEM_STATUS = enum_schema([s.value for s in ItemStatus])
+TENANT_EVENT_ID: Schema = {"type": "string", "pattern": "^[0-9A-Za-z]{1,16}-[0-9]+$"}
 IDEMPOTENCY_KEY = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"}
 # fmt: off
 PARAMETERS: dict[str, Schema] = {
@@ -283,6 +294,11 @@ PARAMETERS: dict[str, Schema] = {
                     "Allow results of an unfinished job"),
         "Accept": ("Accept", "header", STRING, "Alternative to `format`"),
         "EventsToken": ("token", "query", STRING, "Signed token for this job's stream (no header)"),
+        "TenantEventsToken": ("token", "query", STRING,
+                              "Signed token for the tenant's stream (`links.events` of"
+                              " GET /overview)"),
+        "TenantLastEventId": ("Last-Event-ID", "header", TENANT_EVENT_ID, "Resume after"),
+        "TenantLastEventIdQuery": ("last_event_id", "query", TENANT_EVENT_ID, "Resume after"),
         "IfNoneMatch": ("If-None-Match", "header", STRING, "A previous ETag"),
         "LastEventId": ("Last-Event-ID", "header", DIGITS, "Resume after"),
         "LastEventIdQuery": ("last_event_id", "query", DIGITS, "Resume after"),
@@ -389,6 +405,19 @@ def webhook_schemas() -> dict[str, Schema]:
     }
 
 
+def overview_schema() -> Schema:
+    """web/overview.py: the caller's own load, never another tenant's."""
+    count = {"type": "integer", "minimum": 0}
+    links = closed({"events": STRING}, "events")
+    fields = {
+        **{k: count for k in ("pending_jobs", "running_jobs", "backlog_items", "open_streams")},
+        "items_per_s": {"type": "number", "minimum": 0},
+        "capped": {"type": "boolean"},
+        "links": links,
+    }
+    return closed(fields, *fields)
+
+
 def meta_schemas() -> dict[str, Schema]:
     pointer = open_object({"pointer": STRING, "detail": STRING})
     codes = {"type": "object", "additionalProperties": STRING}
@@ -425,4 +454,5 @@ def meta_schemas() -> dict[str, Schema]:
         "Operation": operation,
         "OperationList": open_object({"data": {"type": "array", "items": ref("Operation")}}),
         "Readiness": open_object({"ready": {"type": "boolean"}}),
+        "Overview": overview_schema(),
     }

@@ -1,4 +1,5 @@
-"""`GET /bulk-jobs/{id}/events`: a job's progress as Server-Sent Events.
+"""`GET /bulk-jobs/{id}/events`: a job's progress as Server-Sent Events; `GET /events`:
+every job of the caller's tenant in one stream.
 
 The stream starts with `retry:` and a `snapshot` of the job (or, on resume with
 `Last-Event-ID`, the events the client missed), then relays the hub's `progress` and
@@ -12,6 +13,13 @@ once (`JobEvent.sse`), and while a stream is idle and its socket has nothing que
 the hub writes the message straight to the socket through the subscription's sink
 instead of waking the handler; anything else (a socket with data still queued, a
 closing one) goes through the buffer and the handler's timed write as before.
+
+The tenant-wide stream lives at `/events`, beside `/bulk-jobs` rather than under it, so
+no job id can ever name it. It starts with a `snapshot` of the tenant's active jobs
+(or, on resume with a `Last-Event-ID` this process still holds, the missed events),
+then sends `created`, `progress` and `status` events of every job, each with the id
+`<epoch>-<n>` of the hub; it never ends on its own. A subscriber too slow to keep its
+bounded buffer gets a fresh snapshot instead of the events it missed.
 """
 
 from __future__ import annotations
@@ -26,9 +34,9 @@ from aiohttp_sse import EventSourceResponse
 
 from .. import jsonutil
 from ..errors import BulkJobsError
-from ..models import Job
+from ..models import Job, JobStatus
 from ..parsing import ascii_uint
-from ..service.events import EventHub, JobEvent, Subscription
+from ..service.events import EventHub, JobEvent, Subscription, TenantSubscription
 from .auth import tenant_of
 from .keys import ENGINE, SERVICE, SETTINGS, STREAMS
 from .polling import active_from_hub
@@ -44,7 +52,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     last_id = last_event_id(request)
     if engine.draining:
         raise BulkJobsError("shutting_down", "The server is shutting down.", retry_after_s=5)
-    with request.app[STREAMS].hold():
+    settings = request.app[SETTINGS]
+    with request.app[STREAMS].hold(tenant_of(request), settings.sse_max_streams_per_tenant):
         # Subscribe before reading the job so no change between the two is missed.
         sub = engine.hub.subscribe(
             request.match_info["job_id"], maxsize=request.app[SETTINGS].sse_buffer_events
@@ -60,6 +69,95 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             return await _stream(request, job, sub, last_id)
         finally:
             engine.hub.unsubscribe(sub)
+
+
+#: Most active jobs a tenant-stream snapshot lists (newest first); it says when it cut.
+SNAPSHOT_MAX_JOBS = 500
+
+
+@routes.get("/events")
+async def tenant_events(request: web.Request) -> web.StreamResponse:
+    """Stream created, progress and status events of every job of the caller's tenant."""
+    engine = request.app[ENGINE]
+    settings = request.app[SETTINGS]
+    tenant = tenant_of(request)
+    resume_from = tenant_last_event_id(request)
+    if engine.draining:
+        raise BulkJobsError("shutting_down", "The server is shutting down.", retry_after_s=5)
+    with request.app[STREAMS].hold(tenant, settings.sse_max_streams_per_tenant):
+        # Subscribe before the snapshot is read so no change in between is missed.
+        sub = engine.hub.subscribe_tenant(tenant, maxsize=settings.sse_buffer_events)
+        try:
+            missed = None if resume_from is None else engine.hub.tenant_since(tenant, resume_from)
+            if missed is not None:
+                first = b"".join(e.sse for e in missed)
+            else:
+                first = await tenant_snapshot(request, tenant)
+            return await _stream_tenant(request, sub, first)
+        finally:
+            engine.hub.unsubscribe_tenant(sub)
+
+
+def tenant_last_event_id(request: web.Request) -> str | None:
+    """`Last-Event-ID` (or `?last_event_id=`) of a tenant stream: `<epoch>-<n>`."""
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if not raw:
+        return None
+    epoch, _, n = raw.partition("-")
+    if not (epoch.isascii() and epoch.isalnum() and len(epoch) <= 16) or ascii_uint(n) is None:
+        raise BulkJobsError(
+            "invalid_request",
+            "`Last-Event-ID` must be an event id sent by this stream (`<epoch>-<n>`).",
+            parameter="last_event_id",
+        )
+    return raw
+
+
+async def tenant_snapshot(request: web.Request, tenant: str) -> bytes:
+    """A `snapshot` event listing the tenant's pending and running jobs, read from the
+    store; its id is the hub's position when read, so a resume from it misses nothing."""
+    hub = request.app[ENGINE].hub
+    cursor = hub.tenant_cursor()
+    base = request.app[SETTINGS].base_path
+    jobs: list[Job] = []
+    truncated = False
+    for status in (JobStatus.RUNNING, JobStatus.PENDING):
+        page = await request.app[SERVICE].list_jobs(
+            tenant=tenant, status=status.value, limit=SNAPSHOT_MAX_JOBS
+        )
+        jobs += page.data
+        truncated = truncated or page.next_cursor is not None
+    data = {
+        "jobs": [{"seq": j.seq, "job": job_json(j, base)} for j in jobs[:SNAPSHOT_MAX_JOBS]],
+        "truncated": truncated or len(jobs) > SNAPSHOT_MAX_JOBS,
+    }
+    return f"id: {cursor}\r\nevent: snapshot\r\ndata: {jsonutil.dumps_str(data)}\r\n\r\n".encode()
+
+
+async def _stream_tenant(
+    request: web.Request, sub: TenantSubscription, first: bytes
+) -> EventSourceResponse:
+    settings = request.app[SETTINGS]
+    resp = EventSourceResponse(
+        ping_interval=settings.sse_heartbeat_s, send_timeout=settings.sse_send_timeout_s
+    )
+    await resp.prepare(request)
+    relay = _Relay(settings.base_path, settings.sse_send_timeout_s, request.transport)
+    async with resp:
+        watcher = asyncio.create_task(_close_when_gone(resp, sub))
+        try:
+            with contextlib.suppress(ConnectionResetError, TimeoutError):
+                await relay.write(resp, f"retry: {settings.sse_retry_ms}\r\n\r\n".encode() + first)
+                while (batch := await sub.next_batch()) is not None:
+                    if sub.take_lagged():
+                        message = await tenant_snapshot(request, sub.tenant)
+                    else:
+                        message = b"".join(e.sse for e in batch)
+                    await relay.write(resp, message)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+    return resp
 
 
 def last_event_id(request: web.Request) -> int | None:
@@ -102,7 +200,9 @@ async def _stream(
     return resp
 
 
-async def _close_when_gone(resp: EventSourceResponse, sub: Subscription) -> None:
+async def _close_when_gone(
+    resp: EventSourceResponse, sub: Subscription | TenantSubscription
+) -> None:
     # The heartbeat task ends when a write fails: the client is gone, stop waiting.
     await resp.wait()
     sub.close()
