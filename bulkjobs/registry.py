@@ -141,9 +141,24 @@ class Operation:
 
 @attrs.frozen
 class LifespanInfo:
-    """Handed to lifespan hooks: where the service keeps its SQLite file."""
+    """Handed to lifespan hooks: where the service keeps its data.
+
+    On SQLite, `db_path` is the file and `db_url` is empty; on PostgreSQL, `db_url` is
+    the `postgresql://` URL (its password, if any, comes from the environment, as the
+    service's does) and `db_path` is empty. Built from the `--db` setting either way.
+    """
 
     db_path: str
+    db_url: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.db_url and self.db_path.startswith(("postgres://", "postgresql://")):
+            object.__setattr__(self, "db_url", self.db_path)
+            object.__setattr__(self, "db_path", "")
+
+    @property
+    def is_postgres(self) -> bool:
+        return bool(self.db_url)
 
 
 Lifespan = Callable[[LifespanInfo], AbstractAsyncContextManager[None]]

@@ -1,6 +1,7 @@
 """The embedded demo domain served by `bulkjobs serve` with no `--app`.
 
-An `orders` table lives in the service's own SQLite file, seeded with `ord_1` …
+An `orders` table lives in the service's own database (the SQLite file, or the
+PostgreSQL database with `--db postgresql://…`), seeded with `ord_1` …
 `ord_1000` (all `pending`). Operations:
 
 - `update_orders_status` (batch): move orders along pending → paid → shipped →
@@ -13,6 +14,7 @@ An `orders` table lives in the service's own SQLite file, seeded with `ord_1` �
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -54,13 +56,19 @@ class SleepItem:
 
 
 class OrdersDb:
-    """The demo's own connection to the `orders` table."""
+    """The demo's own connection to the `orders` table: SQLite, or a small PostgreSQL
+    pool when the service runs on PostgreSQL (the table lives in the same database)."""
 
     def __init__(self) -> None:
         self.conn: aiosqlite.Connection | None = None
+        self.pool: Any = None  # an asyncpg pool on PostgreSQL
 
     @asynccontextmanager
     async def lifespan(self, info: LifespanInfo) -> AsyncIterator[None]:
+        if info.db_url:
+            async with self._postgres(info.db_url):
+                yield
+            return
         self.conn = await aiosqlite.connect(info.db_path)
         await self.conn.execute("PRAGMA busy_timeout=10000")
         await self._seed()
@@ -69,6 +77,30 @@ class OrdersDb:
         finally:
             await self.conn.close()
             self.conn = None
+
+    @asynccontextmanager
+    async def _postgres(self, url: str) -> AsyncIterator[None]:
+        import asyncpg  # type: ignore[import-untyped]  # only with PostgreSQL
+
+        password = os.environ.get("BULKJOBS_DB_PASSWORD") or None
+        self.pool = await asyncpg.create_pool(url, min_size=1, max_size=2, password=password)
+        try:
+            async with self.pool.acquire() as db, db.transaction():
+                # Processes starting at once: one creates and seeds, the others wait.
+                await db.execute("SELECT pg_advisory_xact_lock(hashtext('bulkjobs.demo.orders'))")
+                await db.execute(
+                    "CREATE TABLE IF NOT EXISTS orders"
+                    " (id TEXT PRIMARY KEY, status TEXT NOT NULL, updated_at TIMESTAMPTZ)"
+                )
+                await db.execute(
+                    "INSERT INTO orders (id, status) SELECT 'ord_' || g, 'pending'"
+                    " FROM generate_series(1, $1::int) AS g ON CONFLICT (id) DO NOTHING",
+                    SEEDED_ORDERS,
+                )
+            yield
+        finally:
+            await self.pool.close()
+            self.pool = None
 
     async def _seed(self) -> None:
         assert self.conn is not None
@@ -86,7 +118,6 @@ class OrdersDb:
         self, items: list[OrderStatusUpdate], ctx: BatchContext
     ) -> list[dict[str, str] | ItemFailed]:
         """One read and one write per batch, however many items it holds."""
-        assert self.conn is not None
         current = await self._current([i.id for i in items])
         outcomes: list[dict[str, str] | ItemFailed] = []
         writes: list[tuple[str, str]] = []
@@ -96,18 +127,36 @@ class OrdersDb:
                 current[item.id] = item.status  # later items of the batch see it
                 writes.append((item.status, item.id))
             outcomes.append(outcome)
-        await self.conn.executemany(
-            "UPDATE orders SET status = ?, updated_at = datetime('now') WHERE id = ?", writes
-        )
-        await self.conn.commit()
+        await self._write(writes)
         return outcomes
 
     async def _current(self, ids: list[str]) -> dict[str, str]:
+        if self.pool is not None:
+            rows = await self.pool.fetch(
+                "SELECT id, status FROM orders WHERE id = ANY($1::text[])", list(set(ids))
+            )
+            return {row[0]: row[1] for row in rows}
         assert self.conn is not None
         marks = ",".join("?" * len(set(ids)))
         sql = f"SELECT id, status FROM orders WHERE id IN ({marks})"
         async with self.conn.execute(sql, list(set(ids))) as cur:
             return {row[0]: row[1] for row in await cur.fetchall()}
+
+    async def _write(self, writes: list[tuple[str, str]]) -> None:
+        if self.pool is not None:
+            final = {order_id: status for status, order_id in writes}  # the last one wins
+            await self.pool.execute(
+                "UPDATE orders SET status = u.status, updated_at = now()"
+                " FROM unnest($1::text[], $2::text[]) AS u(id, status) WHERE orders.id = u.id",
+                list(final),
+                list(final.values()),
+            )
+            return
+        assert self.conn is not None
+        await self.conn.executemany(
+            "UPDATE orders SET status = ?, updated_at = datetime('now') WHERE id = ?", writes
+        )
+        await self.conn.commit()
 
 
 def _decide(item: OrderStatusUpdate, current: dict[str, str]) -> dict[str, str] | ItemFailed:
