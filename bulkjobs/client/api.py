@@ -255,10 +255,11 @@ class BulkJobsClient:
         headers = {"Accept": "text/event-stream"}
         if last is not None:
             headers["Last-Event-ID"] = str(last)
+        http = self._http()
         try:
-            resp = await self._http().open("GET", _job(job_id) + "/events", headers=headers)
+            resp = await http.open("GET", _job(job_id) + "/events", headers=headers)
         except aiohttp.ClientError as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+            raise http.transport_error(exc) from exc
         async with resp:
             if resp.status == 204:  # nothing newer than `last`: the job is finished
                 raise _StreamFinished

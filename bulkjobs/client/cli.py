@@ -1,8 +1,10 @@
-"""`bulkjobs submit | status | list | cancel | results`: the client from a shell.
+"""`bulkjobs submit | watch | status | list | items | results | cancel | retry | delete |
+operations`: the client from a shell.
 
-Exit codes: 0 success (with `--wait`: every item succeeded), 2 some items failed,
-1 the job failed or was cancelled, or any error. Progress goes to stderr, and only
-when stderr is a terminal; `--json` prints machine-readable results on stdout.
+Exit codes: 0 success (with `--wait`/`watch`: every item succeeded), 2 some items
+failed, 1 the job failed or was cancelled, or any error, 130 interrupted (the job goes
+on). Progress goes to stderr: a live bar on a terminal, plain periodic lines elsewhere;
+`--json` prints machine-readable results on stdout.
 """
 
 from __future__ import annotations
@@ -10,25 +12,37 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
 import os
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from .. import jsonutil
 from ..csvcells import safe_cell
 from .api import BulkJobsClient
-from .errors import ApiError, ClientError, Unauthorized, WaitTimeout
+from .errors import ApiError, ClientError, ServerUnreachable, Unauthorized, WaitTimeout
 from .inputs import FORMATS, InputError, detect_format, failure_rows, read_items, write_csv
 from .models import RemoteJob
-from .progress import ProgressBar
+from .progress import Counts, ProgressView, describe_counts
+from .views import console_for, describe, items_table, jobs_table, operations_table
 
-EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED = 0, 1, 2
+EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_URL = "http://127.0.0.1:8080"
 Command = Callable[[argparse.Namespace, BulkJobsClient], Awaitable[int]]
+
+
+def version_text() -> str:
+    """`bulkjobs 0.1.0` (the installed distribution's version)."""
+    try:
+        return f"bulkjobs {metadata.version('bulkjobs')}"
+    except metadata.PackageNotFoundError:  # pragma: no cover - a source tree, not installed
+        return "bulkjobs (not installed)"
 
 
 def add_commands(sub: Any) -> None:
@@ -36,7 +50,7 @@ def add_commands(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--url",
-        default=os.environ.get("BULKJOBS_URL") or "http://127.0.0.1:8080",
+        default=os.environ.get("BULKJOBS_URL") or DEFAULT_URL,
         help="server URL incl. any base path (env BULKJOBS_URL)",
     )
     common.add_argument(
@@ -47,14 +61,20 @@ def add_commands(sub: Any) -> None:
     common.add_argument("--json", action="store_true", help="machine-readable output")
     _submit_parser(sub, common)
     for name, helptext, command in (
-        ("status", "show one job", cmd_status),
+        ("watch", "follow a job with a progress bar until it ends", cmd_watch),
+        ("status", "show one job: progress, rate, ETA, times", cmd_status),
         ("cancel", "cancel a job", cmd_cancel),
+        ("retry", "submit a finished job's failed items as a new job", cmd_retry),
+        ("delete", "delete a finished job and its items", cmd_delete),
     ):
         p = sub.add_parser(name, parents=[common], help=helptext, description=helptext)
         p.add_argument("job_id", metavar="ID")
         p.set_defaults(client_command=command)
     _list_parser(sub, common)
+    _items_parser(sub, common)
     _results_parser(sub, common)
+    p = sub.add_parser("operations", parents=[common], help="list the registered operations")
+    p.set_defaults(client_command=cmd_operations)
 
 
 def _submit_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -90,6 +110,14 @@ def _list_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(client_command=cmd_list)
 
 
+def _items_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("items", parents=[common], help="show a job's item outcomes")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--status", help="succeeded, failed, cancelled or pending")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (0: all)")
+    p.set_defaults(client_command=cmd_items)
+
+
 def _results_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("results", parents=[common], help="download a job's results")
     p.add_argument("job_id", metavar="ID")
@@ -102,26 +130,54 @@ def _results_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a client command; errors become a message on stderr and exit code 1."""
+    args.following = None
     try:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
-        print("bulkjobs: interrupted (the job goes on on the server)", file=sys.stderr)
-        return 130
+        if args.following:
+            print(
+                f"bulkjobs: stopped following; {args.following} goes on running on the server."
+                f"\nFollow it again with: bulkjobs watch {args.following}",
+                file=sys.stderr,
+            )
+        else:
+            print("bulkjobs: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 async def _run(args: argparse.Namespace) -> int:
     command: Command = args.client_command
     try:
         async with BulkJobsClient(args.url, api_key=args.api_key) as client:
-            return await command(args, client)
+            try:
+                return await command(args, client)
+            except ApiError as exc:
+                if exc.code == "unknown_operation" and getattr(args, "operation", None):
+                    exc.args = (await _unknown_operation(client, args.operation),)
+                raise
     except (ClientError, InputError, OSError) as exc:
-        _report(exc, args.json)
+        _report(exc, args)
         return EXIT_ERROR
 
 
-def _report(exc: Exception, as_json: bool) -> None:
-    if as_json and isinstance(exc, ApiError):
+async def _unknown_operation(client: BulkJobsClient, name: str) -> str:
+    """`unknown operation 'x'; registered: a, b. Did you mean 'a'?`"""
+    names = sorted(str(op.get("name")) for op in await client.operations())
+    text = f"unknown operation {name!r}; registered: {', '.join(names) or '(none)'}."
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    return text + (f" Did you mean {close[0]!r}?" if close else "")
+
+
+def _report(exc: Exception, args: argparse.Namespace) -> None:
+    if args.json and isinstance(exc, ApiError):
         print(jsonutil.dumps_str({"error": exc.problem}), file=sys.stderr)
+        return
+    if isinstance(exc, ServerUnreachable):
+        print(
+            f"bulkjobs: no bulkjobs server at {args.url} — is it running?"
+            " set --url or BULKJOBS_URL",
+            file=sys.stderr,
+        )
         return
     print(f"bulkjobs: error: {exc}", file=sys.stderr)
     if isinstance(exc, ApiError):
@@ -129,11 +185,14 @@ def _report(exc: Exception, as_json: bool) -> None:
             print(f"  {err.get('pointer')}: {err.get('detail')}", file=sys.stderr)
 
 
-def _emit(args: argparse.Namespace, data: Any, human: str) -> None:
-    print(jsonutil.dumps_str(data) if args.json else human)
+def _emit(args: argparse.Namespace, data: Any, human: Any) -> None:
+    if args.json:
+        print(jsonutil.dumps_str(data))
+    else:
+        console_for().print(human)
 
 
-# -- commands ----------------------------------------------------------------
+# -- submit and follow -------------------------------------------------------
 
 
 async def cmd_submit(args: argparse.Namespace, client: BulkJobsClient) -> int:
@@ -149,10 +208,18 @@ async def cmd_submit(args: argparse.Namespace, client: BulkJobsClient) -> int:
         if not args.wait:
             _emit(args, job.raw, job.id)
             return EXIT_OK
+        print(f"submitted {job.id} ({job.total_items:,} items)", file=sys.stderr, flush=True)
         started = time.monotonic()
-        job = await _follow(client, job, args.timeout)
+        job = await follow(client, job, args)
         written = await _write_failures(client, job, args, path, fmt, schema)
     _emit(args, job.raw, _summary(job, time.monotonic() - started, written, args.failures))
+    return exit_code(job)
+
+
+async def cmd_watch(args: argparse.Namespace, client: BulkJobsClient) -> int:
+    started = time.monotonic()
+    job = await follow(client, await client.get(args.job_id), args)
+    _emit(args, job.raw, _summary(job, time.monotonic() - started, 0, None))
     return exit_code(job)
 
 
@@ -183,33 +250,36 @@ def _input_path(name: str) -> Iterator[Path]:
         yield Path(tmp.name)
 
 
-async def _follow(client: BulkJobsClient, job: RemoteJob, timeout_s: float | None) -> RemoteJob:
-    if not sys.stderr.isatty():
-        return await client.wait(job.id, timeout=timeout_s)
-    bar = ProgressBar(sys.stderr)
+async def follow(client: BulkJobsClient, job: RemoteJob, args: argparse.Namespace) -> RemoteJob:
+    """Follow `job` to its end, showing progress on stderr; `--timeout` bounds the wait."""
+    timeout_s: float | None = getattr(args, "timeout", None)
+    args.following = job.id  # Ctrl-C from here on says how to follow again
     deadline = asyncio.timeout(timeout_s)
     try:
         async with deadline:
-            return await _follow_with_bar(client, job, bar)
+            with ProgressView(sys.stderr, job.id) as view:
+                return await _follow_events(client, job, view)
     except TimeoutError:
         if deadline.expired():
             raise WaitTimeout(job.id, timeout_s or 0.0) from None
         raise
-    finally:
-        bar.close()
 
 
-async def _follow_with_bar(client: BulkJobsClient, job: RemoteJob, bar: ProgressBar) -> RemoteJob:
+async def _follow_events(client: BulkJobsClient, job: RemoteJob, view: ProgressView) -> RemoteJob:
+    counts = Counts.from_job(job)
+    view.update(counts, force=True)
+    if job.is_terminal:
+        return job
     try:
         async for event in client.events(job.id):
-            total = event.count("total_items") or job.total_items
-            bar.update(event.count("processed"), total, event.count("failed"))
+            counts = Counts.from_event(event, counts)
+            view.update(counts)
     except Unauthorized:
         raise
     except ClientError:
-        return await client.poll(job.id)  # no event stream: poll quietly
+        job = await client.poll(job.id)  # no event stream: poll quietly
     final = await client.get(job.id)
-    bar.update(final.processed, final.total_items, final.failed, force=True)
+    view.update(Counts.from_job(final), force=view.is_terminal)
     return final
 
 
@@ -235,9 +305,11 @@ async def _write_failures(
 
 
 def _summary(job: RemoteJob, elapsed_s: float, written: int, failures: Path | None) -> str:
+    counts = Counts.from_job(job)
     text = (
-        f"{job.id} {job.status}: {job.succeeded:,} succeeded, {job.failed:,} failed,"
-        f" {job.cancelled:,} cancelled of {job.total_items:,} items in {elapsed_s:.1f} s"
+        f"{job.id} {job.status}: {describe_counts(counts)}; {job.succeeded:,} succeeded,"
+        f" {job.failed:,} failed, {job.cancelled:,} cancelled of {job.total_items:,} items"
+        f" in {elapsed_s:.1f} s"
     )
     if job.error is not None:
         text += f"\njob error: {job.error.code}: {job.error.message}"
@@ -246,23 +318,13 @@ def _summary(job: RemoteJob, elapsed_s: float, written: int, failures: Path | No
     return text
 
 
+# -- one-shot commands -------------------------------------------------------
+
+
 async def cmd_status(args: argparse.Namespace, client: BulkJobsClient) -> int:
     job = await client.get(args.job_id)
     _emit(args, job.raw, describe(job))
     return EXIT_OK
-
-
-def describe(job: RemoteJob) -> str:
-    """A few human lines about a job."""
-    lines = [
-        f"{job.id}  {job.operation}  {job.status}  {job.progress:.1%}",
-        f"  items: {job.total_items:,} total, {job.processed:,} processed,"
-        f" {job.succeeded:,} succeeded, {job.failed:,} failed, {job.cancelled:,} cancelled",
-        f"  created {job.created_at}  completed {job.completed_at}",
-    ]
-    if job.error is not None:
-        lines.append(f"  error: {job.error.code}: {job.error.message}")
-    return "\n".join(lines)
 
 
 async def cmd_list(args: argparse.Namespace, client: BulkJobsClient) -> int:
@@ -272,16 +334,46 @@ async def cmd_list(args: argparse.Namespace, client: BulkJobsClient) -> int:
         jobs.append(job)
         if len(jobs) >= args.limit:
             break
-    human = "\n".join(
-        f"{j.id}  {j.operation:<24} {j.status:<10} {j.progress:>7.1%}  {j.created_at}" for j in jobs
-    )
-    _emit(args, [j.raw for j in jobs], human or "no jobs")
+    _emit(args, [j.raw for j in jobs], jobs_table(jobs) if jobs else "no jobs")
+    return EXIT_OK
+
+
+async def cmd_items(args: argparse.Namespace, client: BulkJobsClient) -> int:
+    rows: list[dict[str, Any]] = []
+    page_size = max(1, min(args.limit or 1000, 1000))
+    async for row in client.items(args.job_id, status=args.status, page_size=page_size):
+        rows.append(row)
+        if args.limit and len(rows) >= args.limit:
+            break
+    _emit(args, rows, items_table(rows) if rows else "no items")
+    return EXIT_OK
+
+
+async def cmd_operations(args: argparse.Namespace, client: BulkJobsClient) -> int:
+    ops = await client.operations()
+    _emit(args, ops, operations_table(ops))
     return EXIT_OK
 
 
 async def cmd_cancel(args: argparse.Namespace, client: BulkJobsClient) -> int:
     job = await client.cancel(args.job_id)
-    _emit(args, job.raw, f"{job.id} {job.status}")
+    _emit(args, job.raw, f"{job.id} {job.status}: {describe_counts(Counts.from_job(job))}")
+    return EXIT_OK
+
+
+async def cmd_retry(args: argparse.Namespace, client: BulkJobsClient) -> int:
+    job = await client.retry(args.job_id)
+    human = (
+        f"{job.id} retries the {job.total_items:,} failed items of {args.job_id}"
+        f"\nfollow it with: bulkjobs watch {job.id}"
+    )
+    _emit(args, job.raw, human)
+    return EXIT_OK
+
+
+async def cmd_delete(args: argparse.Namespace, client: BulkJobsClient) -> int:
+    await client.delete(args.job_id)
+    _emit(args, {"id": args.job_id, "deleted": True}, f"{args.job_id} deleted")
     return EXIT_OK
 
 

@@ -13,6 +13,15 @@ class TransportError(ClientError):
     """The server could not be reached, or the connection dropped, after all retries."""
 
 
+class ServerUnreachable(TransportError):
+    """Nothing accepted a connection at the server's URL (refused, no route, no such host)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"no bulkjobs server at {url} ({reason})")
+        self.url = url
+        self.reason = reason
+
+
 class WaitTimeout(ClientError, TimeoutError):
     """`wait()` gave up before the job reached a terminal state."""
 

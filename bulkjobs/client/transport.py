@@ -16,7 +16,7 @@ from yarl import URL
 
 from .. import jsonutil
 from ..parsing import retry_after_s as parse_retry_after
-from .errors import ApiError, TransportError, Unavailable, api_error
+from .errors import ApiError, ServerUnreachable, TransportError, Unavailable, api_error
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,14 @@ class Transport:
         """`fetch` with retries when `idempotent`."""
         return await self.retrying(lambda: self.fetch(method, path, **kw), idempotent=idempotent)
 
+    def transport_error(self, exc: aiohttp.ClientError) -> TransportError:
+        """The client's error for a failed exchange; no server at all is told apart."""
+        if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(
+            exc, aiohttp.ClientSSLError
+        ):
+            return ServerUnreachable(str(self.base_url), str(exc.os_error))
+        return TransportError(f"{type(exc).__name__}: {exc}")
+
     async def retrying(self, attempt: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
         """Run `attempt`, retrying dropped connections and 429/503 if it is safe."""
         last = self.policy.max_attempts if idempotent else 1
@@ -130,7 +138,7 @@ class Transport:
                 return await attempt()
             except aiohttp.ClientError as exc:
                 if isinstance(exc, aiohttp.ClientResponseError) or n == last:
-                    raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+                    raise self.transport_error(exc) from exc
                 delay = self.policy.backoff_s(n)
             except Unavailable as err:
                 if n == last:
