@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 
 import attrs
 
+from ..config import Settings
 from ..errors import BulkJobsError
 from ..models import ItemRow, ItemStatus, Job, JobStatus, new_job_id, utcnow
 from ..registry import Operation
@@ -75,6 +76,7 @@ class JobService:
         )
         self._reserved_items = 0
         self._reserved_jobs: collections.Counter[str] = collections.Counter()
+        self._reserved_tenant_items: collections.Counter[str] = collections.Counter()
         self._rate = RateLimiter(s.submit_rate_per_s, s.submit_burst)
         self._disk = DiskGuard(s.db_path, s.min_free_disk_bytes)
         self.webhooks = WebhookService(
@@ -124,14 +126,16 @@ class JobService:
         stats = await self.engine.store.stats(tenant)
         active = stats.tenant_active_jobs + self._reserved_jobs[tenant]
         check_active_jobs(active, self.engine.settings.max_active_jobs)
-        backlog = stats.backlog_items + self._reserved_items
-        if backlog + n > self.engine.settings.max_pending_items:
-            raise BulkJobsError(
-                "server_busy",
-                f"{backlog} items are waiting; this job of {n} would exceed the limit.",
-                retry_after_s=max(1, self.engine.settings.retry_after_s),
-            )
+        mine = self._reserved_tenant_items[tenant]
+        check_tenant_quotas(
+            self.engine.settings,
+            n,
+            backlog=stats.tenant_backlog_items + mine,
+            stored=stats.tenant_stored_items + mine,
+        )
+        check_backlog(self.engine.settings, n, stats.backlog_items + self._reserved_items)
         self._reserved_items += n
+        self._reserved_tenant_items[tenant] += n
         self._reserved_jobs[tenant] += 1
         try:
             created = await self.engine.store.create_job(new)
@@ -144,9 +148,11 @@ class JobService:
 
     def _release(self, n: int, tenant: str) -> None:
         self._reserved_items -= n
+        self._reserved_tenant_items[tenant] -= n
         self._reserved_jobs[tenant] -= 1
         if not self._reserved_jobs[tenant]:
             del self._reserved_jobs[tenant]
+            del self._reserved_tenant_items[tenant]
 
     # -- read --------------------------------------------------------------
 
@@ -335,6 +341,35 @@ def _new_job(op: Operation, total_items: int, tenant: str, ttl_s: int) -> Job:
         seq=1,
         max_failed=None if ratio is None else int(ratio * total_items),
     )
+
+
+def check_backlog(settings: Settings, n: int, backlog: int) -> None:
+    """The server-wide backlog cap; its answer says nothing of other tenants' load."""
+    if backlog + n > settings.max_pending_items:
+        raise BulkJobsError(
+            "server_busy",
+            "The server has too many items waiting to take this job now.",
+            retry_after_s=max(1, settings.retry_after_s),
+        )
+
+
+def check_tenant_quotas(settings: Settings, n: int, *, backlog: int, stored: int) -> None:
+    """The caller's own caps: items waiting (429) and items stored (507); 0 = no cap."""
+    limit = settings.max_pending_items_per_tenant
+    if limit > 0 and backlog + n > limit:
+        raise BulkJobsError(
+            "tenant_backlog_full",
+            f"Your jobs have {backlog} items waiting; this job of {n} would exceed your"
+            f" limit of {limit}.",
+            retry_after_s=max(1, settings.retry_after_s),
+        )
+    limit = settings.max_stored_items_per_tenant
+    if limit > 0 and stored + n > limit:
+        raise BulkJobsError(
+            "tenant_storage_full",
+            f"Your jobs store {stored} items; this job of {n} would exceed your limit of"
+            f" {limit}. Delete finished jobs or let them expire.",
+        )
 
 
 def _require_active(job: Job) -> None:

@@ -153,6 +153,8 @@ class StoreStats:
     webhooks_by_status: Mapping[str, int]
     backlog_items: int
     tenant_active_jobs: int = 0
+    tenant_backlog_items: int = 0  # the tenant's items not yet done, in active jobs
+    tenant_stored_items: int = 0  # the tenant's items in stored jobs, any status
 
 
 class Store(Protocol):

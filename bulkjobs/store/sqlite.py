@@ -385,9 +385,12 @@ class SQLiteStore:
     async def stats(self, tenant: str | None = None) -> StoreStats:
         sql = (
             "SELECT status, count(*), sum(total_items - succeeded - failed - cancelled),"
-            " sum(tenant = ?) FROM jobs GROUP BY status"
+            " sum(tenant = :t),"
+            " sum(CASE WHEN tenant = :t THEN total_items - succeeded - failed - cancelled END),"
+            " sum(CASE WHEN tenant = :t THEN total_items END)"
+            " FROM jobs GROUP BY status"
         )
-        async with self._r.execute(sql, (tenant,)) as cur:
+        async with self._r.execute(sql, {"t": tenant}) as cur:
             rows = await cur.fetchall()
         active = [r for r in rows if r[0] in ("pending", "running")]
         return StoreStats(
@@ -395,6 +398,8 @@ class SQLiteStore:
             webhooks_by_status=await self._outbox.count_by_status(),
             backlog_items=sum(r[2] or 0 for r in active),
             tenant_active_jobs=sum(r[3] or 0 for r in active),
+            tenant_backlog_items=sum(r[4] or 0 for r in active),
+            tenant_stored_items=sum(r[5] or 0 for r in rows),
         )
 
     # -- the webhook outbox (WebhookStore) --------------------------------------

@@ -16,10 +16,11 @@ from . import dashboard, docs, metrics, results, sse, webhooks
 from . import routes as job_routes
 from .auth import auth_middleware
 from .headers import add_security_headers
-from .keys import ENGINE, KEYRING, SERVICE, SETTINGS, SIGNER, STREAMS
+from .keys import ENGINE, KEYRING, LONG_POLLS, SERVICE, SETTINGS, SIGNER, STREAMS
 from .problems import problem_middleware
 from .representation import job_json
 from .slots import StreamSlots
+from .waiters import WaitSlots
 
 #: Every route table of the API; each is mounted under the configured base path.
 ROUTE_TABLES: list[web.RouteTableDef] = [
@@ -48,6 +49,7 @@ def create_app(
     app[ENGINE] = engine
     app[SERVICE] = JobService(engine)
     app[STREAMS] = StreamSlots(settings.sse_max_streams)
+    app[LONG_POLLS] = WaitSlots(settings.long_poll_max_waiting, settings.long_poll_max_per_tenant)
     app[KEYRING] = KeyRing.load(settings.api_keys_file, settings.api_keys)
     app[SIGNER] = TokenSigner(ttl_s=settings.events_token_ttl_s)
     for table in ROUTE_TABLES:

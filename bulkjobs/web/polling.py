@@ -3,7 +3,8 @@
 `GET /bulk-jobs/{id}?wait=S` answers at once when the client's `If-None-Match` is
 already stale or the job is terminal; otherwise it waits on the event hub for the
 next change (at most S seconds, S <= `long_poll_max_s`). Without `If-None-Match`
-the client's state is taken to be the current one.
+the client's state is taken to be the current one. Over the long-poll caps (in total
+and per tenant, `web/waiters.py`) it answers at once, as if `wait` were 0.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ..errors import BulkJobsError
 from ..models import Job
 from ..parsing import ascii_decimal
 from .auth import tenant_of
-from .keys import ENGINE, SERVICE, SETTINGS
+from .keys import ENGINE, LONG_POLLS, SERVICE, SETTINGS
 from .representation import etag
 
 
@@ -32,7 +33,10 @@ async def read_job(request: web.Request) -> Job:
     known = request.headers.get("If-None-Match")
     if known is not None and known != etag(job):
         return job  # the client is already behind: answer now
-    event = await engine.hub.wait_changed(job.id, job.seq, wait_s)
+    with request.app[LONG_POLLS].hold(job.tenant) as held:
+        if not held:
+            return job  # over a cap: answer now; Retry-After paces the next poll
+        event = await engine.hub.wait_changed(job.id, job.seq, wait_s)
     return job if event is None else event.job
 
 

@@ -17,6 +17,7 @@ from ..parsing import ascii_uint
 from ..service.intake import ndjson_to_body
 from ..service.jobs import MAX_PAGE, THREAD_INTAKE_BYTES, Page
 from .auth import tenant_of
+from .bodies import read_body
 from .keys import ENGINE, SERVICE, SETTINGS
 from .polling import read_job
 from .render import render_job
@@ -89,7 +90,7 @@ async def create_job(request: web.Request) -> web.Response:
             "payload_too_large",
             f"The body is {request.content_length} bytes; the limit is {limit}.",
         )
-    raw = await request.read()
+    raw = await read_body(request)  # a deadline and a minimum rate: 408 when slower
     if request.content_type in NDJSON_TYPES:
         raw = await _ndjson_body(raw, request.query)
     key = request.headers.get("Idempotency-Key")
