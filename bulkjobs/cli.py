@@ -104,6 +104,11 @@ SERVE_FLAGS: list[tuple[str, str, str]] = [
     ("--sse-buffer-events", "sse_buffer_events", "events buffered per SSE client"),
     ("--sse-send-timeout-s", "sse_send_timeout_s", "a stalled SSE client is dropped after"),
     ("--webhook-allow-private", "webhook_allow_private", "allow loopback/private webhook targets"),
+    (
+        "--webhook-allowed-ports",
+        "webhook_allowed_ports",
+        "ports webhooks may use, comma list or * (default 80,443; any with allow-private)",
+    ),
     ("--webhook-retry-schedule-s", "webhook_retry_schedule_s", "webhook retry delays, comma list"),
     (
         "--webhook-progress-interval-s",

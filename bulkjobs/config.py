@@ -67,6 +67,9 @@ class Settings:
     # webhooks: whsec_ secrets (space/comma separated, all used to sign), retry delays
     webhook_secrets: str = attrs.field(default="", validator=lambda _i, _a, v: _check_secrets(v))
     webhook_allow_private: bool = False  # allow loopback/private targets (local use, tests)
+    webhook_allowed_ports: str = attrs.field(
+        default="", validator=lambda _i, _a, v: _check_ports(v)
+    )  # comma list or "*"; empty: 80 and 443, any port when private targets are allowed
     webhook_timeout_s: float = 15.0
     webhook_retry_schedule_s: str = "5,300,1800,7200,18000,36000,50400,72000,86400"
     webhook_concurrency: int = 16
@@ -114,6 +117,12 @@ def _check_secrets(value: str) -> None:
     from .signing import parse_secrets
 
     parse_secrets(value)
+
+
+def _check_ports(value: str) -> None:
+    from .service.webhooks.targets import parse_ports
+
+    parse_ports(value, allow_private=False)
 
 
 def _coerce(field: attrs.Attribute[Any], raw: str) -> Any:

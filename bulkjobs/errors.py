@@ -181,7 +181,8 @@ CATALOG: dict[str, ProblemType] = {
             422,
             "Webhook target not allowed",
             "The webhook URL resolves to a loopback, private, link-local, multicast or other"
-            " non-public address, which this server does not call.",
+            " non-public address, which this server does not call (the detail does not say"
+            " which), or uses a port outside `--webhook-allowed-ports`.",
         ),
         ProblemType(
             "webhook_url_unresolvable",

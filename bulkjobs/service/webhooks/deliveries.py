@@ -11,7 +11,7 @@ from ...outbox import Delivery, NewWebhook, WebhookSubscription
 from ...store import WebhookStore
 from .dispatcher import WebhookDispatcher
 from .subscription import WebhookSpec
-from .targets import ForbiddenTarget, check_target
+from .targets import FORBIDDEN_DETAIL, ForbiddenTarget, check_target, port_problem
 
 
 @attrs.frozen
@@ -50,10 +50,16 @@ class WebhookService:
         return NewWebhook(spec.url, spec.events, self._progress_interval_ms)
 
     async def _check(self, url: str) -> None:
+        port = port_problem(url, self._dispatcher.config.allowed_ports)
+        if port is not None:
+            raise BulkJobsError("webhook_url_forbidden", port, pointer="/webhook/url")
         try:
             await check_target(url, self._allow_private)
-        except ForbiddenTarget as exc:
-            raise BulkJobsError("webhook_url_forbidden", str(exc), pointer="/webhook/url") from None
+        except ForbiddenTarget:
+            # generic on purpose: naming the address would make this a DNS oracle
+            raise BulkJobsError(
+                "webhook_url_forbidden", FORBIDDEN_DETAIL, pointer="/webhook/url"
+            ) from None
         except (OSError, TimeoutError):
             raise BulkJobsError(
                 "webhook_url_unresolvable",

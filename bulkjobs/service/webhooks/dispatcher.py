@@ -2,7 +2,10 @@
 its own task, at most `concurrency` at once and at most `per_host` to one origin, so
 a slow or failing endpoint never holds up others and never touches the workers.
 
-Every attempt is recorded with its outcome and the time of the next one; a message
+Every attempt is recorded with its outcome and the time of the next one, its error as a
+class (`connect_refused`, `timeout`, `tls_error`, `bad_response`, `http_status`,
+`forbidden_target`, `dns_error`, `internal_error`) and never bytes the peer sent (a
+tenant reads attempts back: a banner of an internal service must not show); a message
 in flight when the process dies is still pending in the outbox and is sent again
 (same `webhook-id`) after a restart: delivery is at least once.
 """
@@ -13,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +32,7 @@ from ...outbox import AttemptRecord, DeliveryAttempt, Message, MessageStatus
 from ...signing import parse_secrets, sign
 from ...store import WebhookStore
 from .policy import Verdict, judge, next_attempt, parse_schedule, retry_after_s
-from .targets import ForbiddenTarget, GuardedResolver, check_target
+from .targets import ForbiddenTarget, GuardedResolver, check_target, parse_ports, port_problem
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class DispatcherConfig:
     timeout_s: float
     concurrency: int
     allow_private: bool
+    allowed_ports: frozenset[int] | None = None  # None: any port
 
     @property
     def per_host(self) -> int:
@@ -59,6 +64,7 @@ class DispatcherConfig:
             timeout_s=s.webhook_timeout_s,
             concurrency=max(1, s.webhook_concurrency),
             allow_private=s.webhook_allow_private,
+            allowed_ports=parse_ports(s.webhook_allowed_ports, s.webhook_allow_private),
         )
 
 
@@ -264,12 +270,15 @@ class WebhookDispatcher:
             return _Answer(error=f"internal_error: {type(exc).__name__}")
 
     async def _try(self, session: aiohttp.ClientSession, m: Message) -> _Answer:
+        if port_problem(m.url, self.config.allowed_ports) is not None:
+            return _Answer(error="forbidden_target", forbidden=True)
         try:
             await check_target(m.url, self.config.allow_private)
-        except ForbiddenTarget as exc:
-            return _Answer(error=f"forbidden_target: {exc}", forbidden=True)
+        except ForbiddenTarget:
+            return _Answer(error="forbidden_target", forbidden=True)
         except (OSError, TimeoutError) as exc:
-            return _Answer(error=f"dns_error: {exc or type(exc).__name__}")
+            logger.info("webhook message %s: DNS failed: %r", m.id, exc)
+            return _Answer(error="dns_error")
         return await self._post(session, m)
 
     async def _post(self, session: aiohttp.ClientSession, m: Message) -> _Answer:
@@ -279,14 +288,15 @@ class WebhookDispatcher:
             async with session.post(
                 m.url, data=body, headers=headers, allow_redirects=False
             ) as resp:
-                return _Answer(resp.status, retry_after=resp.headers.get("Retry-After"))
+                error = None if 200 <= resp.status < 300 else "http_status"
+                return _Answer(resp.status, error, resp.headers.get("Retry-After"))
         except TimeoutError:
-            return _Answer(error=f"timeout: no answer within {self.config.timeout_s:g}s")
-        except aiohttp.ClientConnectorError as exc:
-            forbidden = isinstance(exc.os_error, ForbiddenTarget)
-            return _Answer(error=_describe(exc), forbidden=forbidden)
+            return _Answer(error="timeout")
         except aiohttp.ClientError as exc:
-            return _Answer(error=_describe(exc))
+            kind = classify(exc)
+            # the peer's bytes (a banner, a status line) go to the operator's log only
+            logger.info("webhook message %s: attempt failed (%s): %.300r", m.id, kind, exc)
+            return _Answer(error=kind, forbidden=kind == "forbidden_target")
 
     def body(self, m: Message) -> bytes:
         """The message's payload: the same bytes on every attempt."""
@@ -330,5 +340,18 @@ class WebhookDispatcher:
         self.stats.gone += record.gone
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
+def classify(exc: aiohttp.ClientError) -> str:
+    """The class of a failed attempt, as stored and shown (never the peer's bytes)."""
+    if isinstance(exc, aiohttp.ClientSSLError | aiohttp.ServerFingerprintMismatch):
+        return "tls_error"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ForbiddenTarget):
+            return "forbidden_target"
+        if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(
+            exc.os_error, socket.gaierror
+        ):
+            return "dns_error"
+        return "connect_refused"
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return "timeout"
+    return "bad_response"

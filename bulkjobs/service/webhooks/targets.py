@@ -5,12 +5,17 @@ The address check runs at submit and again at every delivery, and the delivery
 session resolves names through `GuardedResolver`, which applies the same check to
 the addresses it actually connects to, so a DNS answer that changes after the
 check (rebinding) cannot reach an internal host either.
+
+A refusal never says what a name resolved to (that would make the check a DNS oracle
+for internal names); the operator's log does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
+import re
 import socket
 from typing import Any
 
@@ -18,14 +23,45 @@ from aiohttp.abc import ResolveResult
 from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
+logger = logging.getLogger(__name__)
+
 MAX_URL_LENGTH = 2048
 DNS_TIMEOUT_S = 5.0
+#: Ports webhooks may use when private targets are not allowed and none are configured.
+DEFAULT_PORTS = frozenset({80, 443})
+FORBIDDEN_DETAIL = "The webhook URL's host is not a public address."
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class ForbiddenTarget(OSError):
-    """The target resolves to an address webhooks may not reach."""
+    """The target resolves to an address webhooks may not reach (the message names none)."""
+
+
+def parse_ports(text: str, allow_private: bool) -> frozenset[int] | None:
+    """The ports webhooks may use, None for any: a comma list, `*`, or empty for the
+    default (80 and 443; any port when private targets are allowed)."""
+    text = text.strip()
+    if text == "*" or (not text and allow_private):
+        return None
+    if not text:
+        return DEFAULT_PORTS
+    ports = set()
+    for token in re.split(r"[\s,]+", text):
+        if not token:
+            continue
+        if not (token.isascii() and token.isdigit() and len(token) <= 5 and 0 < int(token) < 65536):
+            raise ValueError(f"webhook ports must be numbers from 1 to 65535 or '*', got {token!r}")
+        ports.add(int(token))
+    return frozenset(ports)
+
+
+def port_problem(url: str, ports: frozenset[int] | None) -> str | None:
+    """Why `url`'s port may not be used (None when it may); the URL is already valid."""
+    if ports is None or URL(url).port in ports:
+        return None
+    allowed = ", ".join(str(p) for p in sorted(ports))
+    return f"The webhook URL's port is not allowed on this server (allowed: {allowed})."
 
 
 def url_problem(text: Any) -> str | None:
@@ -121,7 +157,8 @@ def _refuse_forbidden(host: str, addrs: list[IPAddress], allow_private: bool) ->
         return
     for addr in addrs:
         if is_forbidden(addr):
-            raise ForbiddenTarget(f"{host} resolves to {addr}, which is not a public address")
+            logger.info("webhook target %s refused: it resolves to %s", host, addr)
+            raise ForbiddenTarget("not a public address")
 
 
 class GuardedResolver(ThreadedResolver):
