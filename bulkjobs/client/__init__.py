@@ -1,5 +1,5 @@
-"""Clients for a bulkjobs server: the async `BulkJobsClient`, a thin sync wrapper, and
-the `bulkjobs submit/status/list/cancel/results` commands."""
+"""Clients for a bulkjobs server: the async `BulkJobsClient`, the blocking `SyncClient`
+(same methods, its own loop thread), and the `bulkjobs submit/watch/status/...` commands."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from .errors import (
     Gone,
     NotFound,
     ServerError,
+    ServerUnreachable,
     TransportError,
     Unauthorized,
     Unavailable,
@@ -19,6 +20,7 @@ from .errors import (
     WaitTimeout,
 )
 from .models import Event, RemoteJob, RemoteJobError
+from .sync import SyncClient
 from .transport import RequestRetry
 
 # The names of 0.1, kept for existing scripts: the classes were renamed so that no two
@@ -43,6 +45,8 @@ __all__ = [
     "RequestRetry",
     "RetryPolicy",
     "ServerError",
+    "ServerUnreachable",
+    "SyncClient",
     "TransportError",
     "Unauthorized",
     "Unavailable",

@@ -82,6 +82,8 @@ def describe(job: RemoteJob, now: datetime | None = None) -> Text:
     )
     if per_s is not None:
         out.append(f"\n  rate       {per_s:,.0f} items/s")
+    elif job.status == "running":
+        out.append("\n  rate       (measuring)")
     eta = eta_s(counts, per_s)
     if eta is not None:
         out.append(f"\n  eta        {clock(eta)}")
