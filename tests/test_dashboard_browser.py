@@ -3,19 +3,24 @@ Playwright: submit a demo job, watch its bar reach 100% over EventSource."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from bulkjobs.security import hash_key
-from bulkjobs.web.keys import ENGINE
 from tests.conftest import ClientFactory
 from tests.support import Gate, submit, wait_terminal
 
 playwright_api = pytest.importorskip("playwright.async_api")
+Page = playwright_api.Page
+STAMP = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ$"  # every timestamp with its date
 
 CHROMIUM = os.environ.get("BULKJOBS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -36,66 +41,78 @@ pytestmark = [
 ]
 
 
+@contextlib.asynccontextmanager
+async def chromium_page(
+    client: TestClient, width: int = 1280, height: int = 800, **context: Any
+) -> AsyncIterator[Page]:
+    """A page of real Chromium; `page.problems` collects uncaught errors and console
+    errors (CSP violations among them), `page.streams` every EventSource URL."""
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            ctx = await browser.new_context(viewport={"width": width, "height": height}, **context)
+            page = await ctx.new_page()
+            page.problems = problems = []  # type: ignore[attr-defined]
+            page.streams = streams = []  # type: ignore[attr-defined]
+            page.on("pageerror", lambda exc: problems.append(f"uncaught: {exc}"))
+            page.on(
+                "console",
+                lambda m: (
+                    problems.append(f"{m.text} {m.location.get('url')}")
+                    if m.type == "error"
+                    else None
+                ),
+            )
+            page.on(
+                "request",
+                lambda r: streams.append(r.url) if r.resource_type == "eventsource" else None,
+            )
+            yield page
+        finally:
+            await browser.close()
+
+
 async def test_dashboard_submits_a_demo_job_and_follows_it_live(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:
     client: TestClient = await make_client()
     expect = playwright_api.expect
-    async with playwright_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1280, "height": 800})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            # CSP violations (e.g. a style attribute) are reported as console errors
-            console: list[str] = []
-            page.on(
-                "console",
-                lambda m: (
-                    console.append(f"{m.text} {m.location.get('url')}")
-                    if m.type == "error" and not m.location.get("url", "").endswith("favicon.ico")
-                    else None
-                ),
-            )
-            streams: list[str] = []
-            page.on("request", lambda r: streams.append(r.url) if "/events" in r.url else None)
+    async with chromium_page(client) as page:
+        answer = await page.goto(str(client.make_url("/")))
+        assert answer is not None
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+        await expect(page.locator("#jobs-empty")).to_be_visible()
+        await expect(page.locator("#conn")).to_have_text("live")
+        await page.select_option("#demo-operation", "sleep")
+        await page.fill("#demo-items", "3000")
+        await page.fill("#demo-ms", "1")
+        await page.fill("#demo-fail", "100")
+        await page.click("#demo-submit")
 
-            answer = await page.goto(str(client.make_url("/")))
-            assert answer is not None
-            assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
-            await expect(page.locator("#jobs-empty")).to_be_visible()
-            await page.select_option("#demo-operation", "sleep")
-            await page.fill("#demo-items", "3000")
-            await page.fill("#demo-ms", "1")
-            await page.fill("#demo-fail", "100")
-            await page.click("#demo-submit")
-
-            await expect(page.locator("#detail")).to_be_visible()
-            await expect(page.locator("#detail-progress")).to_have_text("100%", timeout=60_000)
-            await expect(page.locator("#detail-status")).to_have_text("completed")
-            row = page.locator("#jobs-body tr").first
-            await expect(row.locator("[data-role=status]")).to_have_text("completed")
-            await expect(row.locator("[data-role=pct]")).to_have_text("100%")
-            widths = await row.locator(".bar span").evaluate_all("es => es.map(e => e.style.width)")
-            assert widths == ["99%", "1%", "0%"]  # succeeded, failed, cancelled
-            # Every 100th item fails: 30 failures, paged 20 at a time.
-            await expect(page.locator("#failures-body tr")).to_have_count(20)
-            await page.click("#failures-more")
-            await expect(page.locator("#failures-body tr")).to_have_count(30)
-            await expect(page.locator("#detail-counts")).to_have_text(
-                "3,000 of 3,000 ran, 30 failed"
-            )
-            await expect(page.locator("#detail-cancel")).to_be_disabled()
-            await page.evaluate("window.scrollTo(0, 0)")
-            await page.screenshot(path=str(tmp_path / "dashboard.png"))
-        finally:
-            await browser.close()
-
-    assert streams, "the page never opened an EventSource"
-    assert errors == []
-    assert console == []
+        await expect(page).to_have_url(re.compile(r"#/jobs/job_"))
+        await expect(page.locator("#detail-progress")).to_have_text("100%", timeout=60_000)
+        await expect(page.locator("#detail-status")).to_have_text("completed")
+        await expect(page.locator("#detail-counts")).to_have_text("3,000 of 3,000 ran, 30 failed")
+        await expect(page.locator("#detail-created")).to_have_text(re.compile(STAMP))
+        await expect(page.locator("#act-cancel")).to_be_disabled()
+        # keyset paging of all items, then the failed ones agree with the counter
+        await expect(page.locator("#items-body tr")).to_have_count(50)
+        await page.click("#items-more")
+        await expect(page.locator("#items-body tr")).to_have_count(100)
+        await page.select_option("#items-status", "failed")
+        await expect(page.locator("#items-body tr")).to_have_count(30)
+        await expect(page.locator("#items-body tr").first).to_contain_text("requested_failure")
+        await page.click("#back")
+        row = page.locator("#jobs-body tr").first
+        await expect(row.locator("[data-role=status]")).to_have_text("completed")
+        await expect(row.locator("[data-role=pct]")).to_have_text("100%")
+        widths = await row.locator(".bar span").evaluate_all("es => es.map(e => e.style.width)")
+        assert widths == ["99%", "1%", "0%"]  # succeeded, failed, cancelled
+        await page.screenshot(path=str(tmp_path / "dashboard.png"))
+        assert page.problems == []  # type: ignore[attr-defined]
+        streams = list(page.streams)  # type: ignore[attr-defined]
+    assert [s.split("?")[0] for s in streams] == [str(client.make_url("/events"))]
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
-    assert client.app[ENGINE].hub.subscriber_count == 0  # the page closed its stream
 
 
 async def test_dashboard_assets_are_served_and_nothing_else(client: TestClient) -> None:
@@ -103,7 +120,12 @@ async def test_dashboard_assets_are_served_and_nothing_else(client: TestClient) 
     assert page.status == 200 and page.content_type == "text/html"
     html = await page.text()
     assert "dashboard/dashboard.js" in html and "http" not in html.split("<body>")[1]
-    for name, kind in (("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")):
+    assets = (
+        ("dashboard.js", "text/javascript"),
+        ("dashboard.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),  # no favicon 404 in the console
+    )
+    for name, kind in assets:
         resp = await client.get(f"/dashboard/{name}")
         assert resp.status == 200 and resp.content_type == kind
     missing = await client.get("/dashboard/..%2Fsse.py")
@@ -122,7 +144,10 @@ async def test_dashboard_with_api_keys_asks_for_a_key_and_streams_with_a_token(
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 800})
-            page.on("request", lambda r: streams.append(r.url) if "/events" in r.url else None)
+            page.on(
+                "request",
+                lambda r: streams.append(r.url) if r.resource_type == "eventsource" else None,
+            )
             await page.goto(str(client.make_url("/")))
             await expect(page.locator("#key-card")).to_be_visible()
             await page.fill("#key-input", key)
@@ -132,11 +157,13 @@ async def test_dashboard_with_api_keys_asks_for_a_key_and_streams_with_a_token(
             await page.fill("#demo-items", "500")
             await page.click("#demo-submit")
             await expect(page.locator("#detail-status")).to_have_text("completed", timeout=60_000)
+            await page.reload()  # the job page survives a reload (the key is in the tab)
+            await expect(page.locator("#detail-counts")).to_have_text("500 of 500 ran")
             stored = await page.evaluate("sessionStorage.getItem('bulkjobs.apiKey')")
         finally:
             await browser.close()
     assert stored == key
-    assert streams and all("token=" in url for url in streams)
+    assert streams and all("/events?token=" in url for url in streams)
     resp = await client.get("/bulk-jobs", headers={"Authorization": f"Bearer {key}"})
     jobs = (await resp.json())["data"]
     assert [j["status"] for j in jobs] == ["completed"]
@@ -174,10 +201,42 @@ async def test_a_cancelled_job_is_drawn_from_its_counters_not_as_a_success(
                 ("cancelled", "99.9%"),
             ]
             assert len({w[2] for w in widths}) == 3, "segments need distinct colours"
-            await row.click()
+            await row.locator("a").click()
             await expect(page.locator("#detail-counts")).to_have_text(
                 "2 of 2,000 ran, 1,998 cancelled"
             )
             await expect(page.locator("#detail-progress")).to_have_text("0%")
         finally:
             await browser.close()
+
+
+async def test_the_list_follows_seven_running_jobs_over_one_stream(
+    make_client: ClientFactory,
+) -> None:
+    # one chunk per lease: the jobs take turns, so all seven run at once
+    client: TestClient = await make_client(load_page_items=10)
+    expect = playwright_api.expect
+    async with chromium_page(client) as page:
+        await page.goto(str(client.make_url("/")))
+        await expect(page.locator("#conn")).to_have_text("live")
+        await expect(page.locator("#jobs-empty")).to_be_visible()
+        # submitted by another client (curl, the CLI): they appear without a reload
+        items = [{"ms": 20, "fail": i % 25 == 0} for i in range(100)]
+        jobs = [await submit(client, "sleep", items) for _ in range(7)]
+        rows = page.locator("#jobs-body tr")
+        await expect(rows).to_have_count(7)
+        ids = [await r.get_attribute("data-job") for r in await rows.all()]
+        assert ids == [j["id"] for j in reversed(jobs)]  # newest first
+        running = page.locator("[data-role=status]", has_text="running")
+        await expect(running).to_have_count(7)
+        for job in jobs:
+            row = page.locator(f"#jobs-body tr[data-job='{job['id']}']")
+            await expect(row.locator("[data-role=status]")).to_have_text(
+                "completed", timeout=30_000
+            )
+            await expect(row.locator("[data-role=pct]")).to_have_text("100%")
+            await expect(row.locator("[data-role=failed]")).to_have_text("4")
+        await expect(page.locator("#ov-backlog")).to_have_text("0", timeout=10_000)
+        assert page.problems == []  # type: ignore[attr-defined]
+        assert len(page.streams) == 1  # type: ignore[attr-defined]
+        assert page.streams[0].split("?")[0].endswith("/events")  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 ASSETS: dict[str, str] = {
     "dashboard.css": "text/css",
     "dashboard.js": "text/javascript",
+    "favicon.svg": "image/svg+xml",
 }
 
 
@@ -32,7 +33,7 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 
 @routes.get("/dashboard/{name}")
 async def dashboard_asset(request: web.Request) -> web.FileResponse:
-    """The page's stylesheet and script."""
+    """The page's stylesheet, script and icon."""
     name = request.match_info["name"]
     if name not in ASSETS:
         raise BulkJobsError("not_found", f"No dashboard asset {name!r}.")

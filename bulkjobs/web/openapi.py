@@ -37,7 +37,7 @@ def build_document(
             " problems; each `type` is a URI under /errors naming a code of the catalog.",
         },
         "servers": [{"url": settings.base_path or "/"}],
-        "paths": only_mounted(with_auth(paths()), mounted),
+        "paths": only_mounted(with_open_mode_guards(with_auth(paths())), mounted),
         "components": {
             "schemas": schemas(settings, registry),
             "headers": HEADERS,
@@ -67,6 +67,19 @@ def with_auth(all_paths: dict[str, Schema]) -> dict[str, Schema]:
         for operation in ops.values():
             operation["responses"].update(problems("unauthorized"))
             operation["security"] = [{"apiKey": []}, {}]
+    return all_paths
+
+
+def with_open_mode_guards(all_paths: dict[str, Schema]) -> dict[str, Schema]:
+    """Without API keys every operation may refuse a foreign `Host`, and state-changing
+    ones a cross-site request (see web/origin.py); both are 403."""
+    for ops in all_paths.values():
+        for method, operation in ops.items():
+            codes = ["host_not_allowed"]
+            if method.upper() in ("POST", "PUT", "PATCH", "DELETE"):
+                codes.append("cross_site_request")
+            assert "403" not in operation["responses"], "merge the 403 codes"
+            operation["responses"].update(problems(*codes))
     return all_paths
 
 
@@ -249,8 +262,9 @@ def endpoints() -> dict[str, tuple[Any, ...]]:
         "GET /metrics": ("metrics", "Prometheus text exposition",
             {"200": text("Metrics", "text/plain")}),
         "GET /": ("dashboard", "Dashboard page", {"200": text("HTML", "text/html")}),
-        "GET /dashboard/{name}": ("dashboardAsset", "The dashboard's stylesheet and script",
-            {"200": text("The asset", "text/css", "text/javascript")}, "not_found", "AssetName"),
+        "GET /dashboard/{name}": ("dashboardAsset", "The dashboard's stylesheet, script and icon",
+            {"200": text("The asset", "text/css", "text/javascript", "image/svg+xml")},
+            "not_found", "AssetName"),
     }
     # fmt: on
 
