@@ -15,6 +15,7 @@ inside a handler (aiohttp's runner turns them into a graceful shutdown).
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from tests.support import Value, submit, wait_terminal
 pytestmark = pytest.mark.timeout(60)
 
 LEAK_BYTES = 100 * 1024
+SECRET_TEXT = "could not connect to db-7.corp.internal:5432 as app/hunter2"
 
 
 class Interrupt(BaseException):
@@ -109,6 +111,14 @@ class Faults:
             ]
             return kinds[item.n % len(kinds)]
 
+        @reg.operation("leaky_text", item_type=Value)
+        async def leaky_text(item: Value, ctx: ItemContext) -> None:
+            raise ConnectionError(SECRET_TEXT)
+
+        @reg.operation("sync_leaky_text", item_type=Value)
+        def sync_leaky_text(item: Value, ctx: ItemContext) -> None:
+            raise RuntimeError(SECRET_TEXT)
+
         @reg.operation("echo", item_type=Value)
         async def echo(item: Value, ctx: ItemContext) -> dict[str, int]:
             return {"n": item.n}
@@ -150,7 +160,7 @@ async def test_handler_leaking_memory_every_call(make_client: Any, faults: Fault
 
 @pytest.mark.parametrize("operation", ["exits", "sync_exits"])
 async def test_base_exceptions_from_a_handler_fail_only_their_item(
-    make_client: Any, faults: Faults, operation: str
+    make_client: Any, faults: Faults, operation: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = await make_client(registry=faults.registry, workers=2)
     body = await submit(client, operation, [{"n": i} for i in range(40)])
@@ -162,10 +172,38 @@ async def test_base_exceptions_from_a_handler_fail_only_their_item(
             assert item["status"] == "succeeded", item
         else:
             assert item["error"]["code"] == "internal_error", item
-    by_kind = {items[k]["error"]["message"].split(":")[0] for k in (1, 2, 3)}
-    assert by_kind == {"SystemExit", "KeyboardInterrupt", "Interrupt"}
-    assert items[4]["error"]["message"].startswith("Unprintable")
+    # the tenant gets a reference, the log has the exception under it (issue 13 item 14)
+    logged = {r.getMessage() for r in caplog.records}
+    for k, kind in ((1, "SystemExit"), (2, "KeyboardInterrupt"), (3, "Interrupt: not an")):
+        ref = _ref(items[k]["error"]["message"])
+        assert any(f"raised {kind}" in line and f"(ref {ref})" in line for line in logged)
+    ref = _ref(items[4]["error"]["message"])
+    assert any("raised Unprintable" in line and f"(ref {ref})" in line for line in logged)
     await assert_pool_survives(client)
+
+
+def _ref(message: str) -> str:
+    match = re.fullmatch(r"internal error \(ref ([0-9a-f]{12})\)", message)
+    assert match is not None, message
+    return match[1]
+
+
+@pytest.mark.parametrize("operation", ["leaky_text", "sync_leaky_text"])
+async def test_handler_exception_text_reaches_only_the_log(
+    make_client: Any, faults: Faults, operation: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client(registry=faults.registry, workers=2)
+    body = await submit(client, operation, [{"n": 1}, {"n": 2}])
+    await wait_terminal(client, body["id"])
+    items = await items_of(client, body["id"])
+    assert {i["error"]["code"] for i in items} == {"internal_error"}
+    refs = {_ref(i["error"]["message"]) for i in items}
+    assert len(refs) == 2  # one reference per failure
+    resp = await client.get(f"/bulk-jobs/{body['id']}/results?format=ndjson")
+    assert SECRET_TEXT not in await resp.text()
+    for ref in refs:
+        [line] = [r.getMessage() for r in caplog.records if f"(ref {ref})" in r.getMessage()]
+        assert SECRET_TEXT in line and operation in line
 
 
 async def test_base_exception_from_a_batch_handler_fails_its_batch(

@@ -2,7 +2,10 @@
 
 A handler error fails one item, never a worker: `ItemFailed` keeps its code,
 `RetryableItemError` is retried with backoff, a timeout fails as `timeout`, anything
-else as `internal_error`. `CancelledError` is never swallowed. A handler's
+else as `internal_error`, whose message is generic with a reference (`internal error
+(ref 3f9c2a71b0de)`): the exception's text may name internal hosts or hold SQL, so it
+goes to the log under that reference, never to the tenant. `ItemFailed` messages are
+the handler's own words and pass through. `CancelledError` is never swallowed. A handler's
 `SystemExit`, `KeyboardInterrupt` or other `BaseException` fails its item too (logged
 as an error): a handler does not own the process; SIGTERM/SIGINT stop the server
 through the runner's signal handlers, never as an exception inside a handler.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -237,8 +241,9 @@ def _failure(op: Operation, exc: BaseException) -> Try:
         return ("err", ItemFailed("internal_error", "TimeoutError raised by the handler"))
     # SystemExit, KeyboardInterrupt and other BaseExceptions are errors: see module doc
     level = logging.WARNING if isinstance(exc, Exception) else logging.ERROR
-    logger.log(level, "operation %s handler raised %s", op.name, _describe(exc))
-    return ("err", ItemFailed("internal_error", _describe(exc)))
+    ref = secrets.token_hex(6)
+    logger.log(level, "operation %s handler raised %s (ref %s)", op.name, _describe(exc), ref)
+    return ("err", ItemFailed("internal_error", f"internal error (ref {ref})"))
 
 
 def _describe(exc: BaseException) -> str:
