@@ -240,3 +240,74 @@ async def test_the_list_follows_seven_running_jobs_over_one_stream(
         assert page.problems == []  # type: ignore[attr-defined]
         assert len(page.streams) == 1  # type: ignore[attr-defined]
         assert page.streams[0].split("?")[0].endswith("/events")  # type: ignore[attr-defined]
+
+
+async def test_the_job_page_has_its_own_url_and_its_actions_show_refusals(
+    make_client: ClientFactory, gate: Gate, tmp_path: Path
+) -> None:
+    client: TestClient = await make_client(cancel_wait_s=0.05)
+    expect = playwright_api.expect
+    held = await submit(client, "gated", [{"n": i} for i in range(10)])
+    await gate.wait_started(2)
+    items = [{"n": i, "id": f"it_{i}", "fail": "bad_n" if i % 4 == 0 else None} for i in range(12)]
+    done = await submit(client, "echo", items)
+    await wait_terminal(client, done["id"])
+    async with chromium_page(client) as page:
+        await page.goto(str(client.make_url("/")) + f"#/jobs/{held['id']}")
+        await expect(page.locator("#detail-id")).to_have_text(held["id"])
+        await expect(page.locator("#detail-status")).to_have_text("running")
+        await expect(page.locator("#webhook-state")).to_have_text("This job has no webhook.")
+        # refused: the API's problem detail is shown
+        await page.click("#dl-ndjson")
+        await expect(page.locator("#action-msg")).to_contain_text("complete once it finishes")
+        # cancel asks first; "Keep it" keeps it
+        await page.click("#act-cancel")
+        await expect(page.locator("#confirm")).to_be_visible()
+        await page.click("#confirm-no")
+        await expect(page.locator("#confirm")).to_be_hidden()
+        assert (await (await client.get(f"/bulk-jobs/{held['id']}")).json())["status"] == "running"
+        await page.click("#act-cancel")
+        await page.click("#confirm-yes")
+        await expect(page.locator("#action-msg")).to_have_text("Cancel requested.")
+        gate.opened.set()
+        await expect(page.locator("#detail-status")).to_have_text("cancelled")
+        await expect(page.locator("#detail-counts")).to_have_text("2 of 10 ran, 8 cancelled")
+
+        # a finished job with failures, opened by its URL and reloaded
+        await page.goto(str(client.make_url("/")) + f"#/jobs/{done['id']}")
+        await page.reload()
+        await expect(page.locator("#detail-counts")).to_have_text("12 of 12 ran, 3 failed")
+        await expect(page.locator("#detail-completed")).to_have_text(re.compile(STAMP))
+        await expect(page.locator("#detail-eta")).to_have_text("done")
+        await page.select_option("#items-status", "failed")
+        await expect(page.locator("#items-body tr")).to_have_count(3)
+        await expect(page.locator("#items-body tr").first).to_contain_text("bad_n")
+        await page.select_option("#items-status", "")
+        await page.fill("#items-search", "it_1")  # it_1, it_10, it_11
+        await expect(page.locator("#items-body tr:visible")).to_have_count(3)
+        async with page.expect_download() as info:
+            await page.click("#dl-ndjson")
+        ndjson = tmp_path / "all.ndjson"
+        await (await info.value).save_as(ndjson)
+        assert len(ndjson.read_text().splitlines()) == 12
+        async with page.expect_download() as info:
+            await page.click("#dl-failures")
+        failures = tmp_path / "failures.csv"
+        await (await info.value).save_as(failures)
+        assert len(failures.read_text().splitlines()) == 1 + 3  # header + failed rows
+        # retry the failed items: the new job's page, linked both ways
+        await page.click("#act-retry")
+        await expect(page).to_have_url(re.compile(r"#/jobs/job_"))
+        await expect(page.locator("#detail-lineage")).to_contain_text("retry of")
+        assert done["id"] not in page.url
+        await expect(page.locator("#detail-status")).to_have_text("completed")
+        await page.locator("#detail-lineage a").click()
+        await expect(page.locator("#detail-id")).to_have_text(done["id"])
+        await expect(page.locator("#detail-lineage")).to_contain_text("retried by")
+        # delete, after confirming
+        await page.click("#act-delete")
+        await page.click("#confirm-yes")
+        await expect(page.locator("#list-view")).to_be_visible()
+        await expect(page.locator(f"#jobs-body tr[data-job='{done['id']}']")).to_have_count(0)
+    gone = await client.get(f"/bulk-jobs/{done['id']}")
+    assert gone.status == 410
