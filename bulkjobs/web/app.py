@@ -17,6 +17,7 @@ from . import routes as job_routes
 from .auth import auth_middleware
 from .headers import add_security_headers
 from .keys import ENGINE, KEYRING, LONG_POLLS, SERVICE, SETTINGS, SIGNER, STREAMS
+from .origin import open_mode_middleware
 from .problems import problem_middleware
 from .representation import job_json
 from .slots import StreamSlots
@@ -41,7 +42,8 @@ def create_app(
     settings = settings or Settings.from_env()
     registry = registry or load_registry(settings.app)
     app = web.Application(
-        middlewares=[problem_middleware, auth_middleware], client_max_size=settings.max_body_bytes
+        middlewares=[problem_middleware, open_mode_middleware, auth_middleware],
+        client_max_size=settings.max_body_bytes,
     )
     base = settings.base_path
     engine = Engine(settings, registry, render_job=lambda job: job_json(job, base))
