@@ -211,6 +211,7 @@ def serve(args: argparse.Namespace) -> int:
     from .logs import setup_logging
     from .web import create_app
     from .web.accesslog import AccessLogger
+    from .web.auth import reload_keys_on_sighup
     from .web.keys import KEYRING
 
     overrides = {name: getattr(args, name) for _, name, _ in SERVE_FLAGS}
@@ -231,6 +232,7 @@ def serve(args: argparse.Namespace) -> int:
             )
             return 2
         log.warning("no API keys configured and bound to %s: anyone can reach it", settings.host)
+    app.cleanup_ctx.append(reload_keys_on_sighup)  # kill -HUP: read the API keys again
     # What exists now (modules, app, registry) lives as long as the process: keep it out
     # of the cyclic GC's full collections, which otherwise stall the loop 20-30 ms each,
     # several times during a big job (most of a poll's p99 latency).

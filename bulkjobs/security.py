@@ -38,11 +38,19 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-@attrs.frozen
+@attrs.define
 class KeyRing:
-    """Maps key hashes to tenants. Empty means the server runs open (single tenant)."""
+    """Maps key hashes to tenants. Empty means the server runs open (single tenant).
+
+    Mutable only through `replace`, which swaps the whole mapping in one assignment: a
+    lookup sees the old keys or the new ones, never a mix (SIGHUP reloads).
+    """
 
     tenants_by_hash: dict[str, str] = attrs.field(factory=dict)
+
+    def replace(self, other: KeyRing) -> None:
+        """Take `other`'s keys, atomically."""
+        self.tenants_by_hash = dict(other.tenants_by_hash)
 
     @property
     def enabled(self) -> bool:

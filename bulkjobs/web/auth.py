@@ -3,17 +3,24 @@
 With no keys configured the server is open and everything belongs to the tenant
 `default`. Event streams also accept `?token=`, a signed, expiring token scoped to one
 job (or, for the tenant-wide `GET /events`, to the scope `*`, which no job id can
-equal), because browsers cannot set headers on `EventSource`.
+equal), because browsers cannot set headers on `EventSource`. `bulkjobs serve` reloads
+the keys on SIGHUP (`reload_keys_on_sighup`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from ..errors import BulkJobsError
+from ..security import KeyConfigError, KeyRing
 from .keys import AUTHENTICATED, KEYRING, SETTINGS, SIGNER, TENANT
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TENANT = "default"
 #: The token scope of the tenant-wide event stream (job ids are `job_...`).
@@ -100,3 +107,27 @@ def tenant_events_token(request: web.Request) -> str | None:
     if not request.app[KEYRING].enabled:
         return None
     return request.app[SIGNER].sign(TENANT_EVENTS_SCOPE, tenant_of(request))
+
+
+def reload_keys(app: web.Application) -> bool:
+    """Read the configured keys again and swap them in; a bad source keeps the old keys."""
+    settings = app[SETTINGS]
+    if not (settings.api_keys_file or settings.api_keys):
+        logger.warning("API keys not reloaded: none are configured (the server runs open)")
+        return False
+    try:
+        ring = KeyRing.load(settings.api_keys_file, settings.api_keys)
+    except (KeyConfigError, OSError, UnicodeDecodeError) as exc:
+        logger.error("API keys not reloaded, the old keys stay in use: %s", exc)
+        return False
+    app[KEYRING].replace(ring)
+    logger.info("API keys reloaded: %d keys", len(ring.tenants_by_hash))
+    return True
+
+
+async def reload_keys_on_sighup(app: web.Application) -> AsyncIterator[None]:
+    """A `cleanup_ctx`: SIGHUP reloads the API keys while the app runs."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reload_keys, app)
+    yield
+    loop.remove_signal_handler(signal.SIGHUP)
