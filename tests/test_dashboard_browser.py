@@ -4,6 +4,7 @@ Playwright: submit a demo job, watch its bar reach 100% over EventSource."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -311,3 +312,87 @@ async def test_the_job_page_has_its_own_url_and_its_actions_show_refusals(
         await expect(page.locator(f"#jobs-body tr[data-job='{done['id']}']")).to_have_count(0)
     gone = await client.get(f"/bulk-jobs/{done['id']}")
     assert gone.status == 410
+
+
+async def _no_horizontal_scroll(page: Page) -> None:
+    overflow = await page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px"
+
+
+async def _tab_to(page: Page, selector: str, presses: int = 40) -> None:
+    """Press Tab until `selector` has the focus (keyboard only, no clicks)."""
+    for _ in range(presses):
+        await page.keyboard.press("Tab")
+        if await page.evaluate(f"document.activeElement.matches({selector!r})"):
+            return
+    raise AssertionError(f"Tab never reached {selector}")
+
+
+async def test_a_phone_sized_dark_page_works_from_the_keyboard_without_console_errors(
+    make_client: ClientFactory,
+) -> None:
+    client: TestClient = await make_client()
+    expect = playwright_api.expect
+    job = await submit(client, "echo", [{"n": 1}, {"n": 2, "fail": "bad_n"}])
+    await wait_terminal(client, job["id"])
+    async with chromium_page(client, 390, 844, color_scheme="dark") as page:
+        await page.goto(str(client.make_url("/")))
+        await expect(page.locator("#conn")).to_have_text("live")
+        await expect(page.locator("#ov-backlog")).to_have_text("0")
+        await expect(page.locator("#ov-streams")).to_have_text("1")  # this page's stream
+        await expect(page.locator("#jobs-body tr")).to_have_count(1)
+        await _no_horizontal_scroll(page)
+        background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert sum(map(int, re.findall(r"\d+", background)[:3])) < 150, background  # dark
+
+        await _tab_to(page, f"a[href='#/jobs/{job['id']}']")
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#detail-counts")).to_have_text("2 of 2 ran, 1 failed")
+        await expect(page.locator("#items-body tr")).to_have_count(2)
+        await _no_horizontal_scroll(page)
+        await _tab_to(page, "#act-delete")
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#confirm")).to_be_visible()
+        assert await page.evaluate("document.activeElement.id") == "confirm-no"
+        await page.keyboard.press("Escape")
+        await expect(page.locator("#confirm")).to_be_hidden()
+        assert (await client.get(f"/bulk-jobs/{job['id']}")).status == 200  # not deleted
+        assert page.problems == []  # type: ignore[attr-defined]
+
+
+async def test_the_page_says_when_the_server_is_down_or_rate_limits(
+    make_client: ClientFactory,
+) -> None:
+    client: TestClient = await make_client()
+    expect = playwright_api.expect
+    async with chromium_page(client) as page:
+        await page.route("**/overview", lambda route: route.abort("connectionrefused"))
+        await page.goto(str(client.make_url("/")))
+        await expect(page.locator("#banner")).to_contain_text("not reachable")
+        await expect(page.locator("#conn")).to_have_text("offline")
+        await page.unroute("**/overview")
+        problem = {
+            "type": "about:blank",
+            "title": "Too many requests",
+            "status": 429,
+            "detail": "Slow down.",
+            "code": "rate_limited",
+        }
+        await page.route(
+            "**/overview",
+            lambda route: route.fulfill(
+                status=429,
+                headers={"Retry-After": "7", "Content-Type": "application/problem+json"},
+                body=json.dumps(problem),
+            ),
+        )
+        await page.reload()
+        await expect(page.locator("#banner")).to_have_text(
+            "Too many requests: Slow down. Retrying in 7 s."
+        )
+        await page.unroute("**/overview")
+        await expect(page.locator("#conn")).to_have_text("live", timeout=15_000)
+        await expect(page.locator("#banner")).to_be_hidden()
+        assert [e for e in page.problems if "uncaught" in e] == []  # type: ignore[attr-defined]

@@ -214,7 +214,11 @@ function openStream(url) {
   if (state.source) return; // it reconnects by itself, resuming with Last-Event-ID
   const source = new EventSource(url);
   state.source = source;
-  source.addEventListener("open", () => { setConn("live", "live"); showBanner(""); });
+  source.addEventListener("open", () => {
+    setConn("live", "live");
+    showBanner("");
+    scheduleOverview(); // it now counts this stream
+  });
   source.addEventListener("snapshot", (ev) => onSnapshot(JSON.parse(ev.data)));
   for (const type of ["created", "progress", "status"]) {
     source.addEventListener(type, (ev) => onJobEvent(type, JSON.parse(ev.data)));
@@ -254,6 +258,7 @@ function onJobEvent(type, ev) {
     state.order.unshift(ev.job_id);
   }
   if (TERMINAL.has(ev.status)) refetch(ev.job_id); // error, expires_at, result_url
+  if (type !== "progress") scheduleOverview();
   renderAll();
 }
 
@@ -279,6 +284,13 @@ function renderAll() {
     renderQueued = false;
     if (state.route.view === "list") renderList(); else renderJob();
   });
+}
+
+let overviewTimer = null;
+function scheduleOverview() {
+  // a burst of created/status events asks for the overview once
+  if (overviewTimer) return;
+  overviewTimer = setTimeout(() => { overviewTimer = null; refreshOverview(); }, 300);
 }
 
 // -- overview -------------------------------------------------------------------
