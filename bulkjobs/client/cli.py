@@ -308,8 +308,7 @@ def _summary(job: RemoteJob, elapsed_s: float, written: int, failures: Path | No
     counts = Counts.from_job(job)
     text = (
         f"{job.id} {job.status}: {describe_counts(counts)}; {job.succeeded:,} succeeded,"
-        f" {job.failed:,} failed, {job.cancelled:,} cancelled of {job.total_items:,} items"
-        f" in {elapsed_s:.1f} s"
+        f" {job.failed:,} failed in {elapsed_s:.1f} s"
     )
     if job.error is not None:
         text += f"\njob error: {job.error.code}: {job.error.message}"
