@@ -164,6 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
         " server's --api-keys-file (only the key's hash is stored).",
     )
     keygen.add_argument("tenant", help="tenant name: letters, digits, _ and -")
+    whsec = sub.add_parser(
+        "webhook-secret",
+        help="print a tenant's webhook signing secret(s)",
+        description="Print the whsec_ secret(s) that sign TENANT's webhooks, derived from"
+        " BULKJOBS_WEBHOOK_SECRETS (one per server secret, in the same order; give them to"
+        " the tenant). Without API keys the server secrets themselves sign.",
+    )
+    whsec.add_argument("tenant", help="tenant name, as in the API keys file")
     client_cli.add_commands(sub)  # submit, status, list, cancel, results
     return parser
 
@@ -202,6 +210,31 @@ def keygen(args: argparse.Namespace) -> int:
         return 2
     print(f"API key (give to the client, shown once): {key}")
     print(f"Add to the server's keys file:           {line}")
+    return 0
+
+
+def webhook_secret(args: argparse.Namespace) -> int:
+    from .security import KeyConfigError, KeyRing
+    from .signing import parse_secrets, tenant_secrets
+
+    try:
+        KeyRing.parse([f"{args.tenant}:sha256:{'0' * 64}"])
+        settings = Settings.from_env()
+    except (KeyConfigError, ValueError) as exc:
+        detail = "tenant names use letters, digits, _ and - (1-64)"
+        print(f"bulkjobs: {detail if isinstance(exc, KeyConfigError) else exc}", file=sys.stderr)
+        return 2
+    keys = parse_secrets(settings.webhook_secrets)
+    if not keys:
+        print("bulkjobs: BULKJOBS_WEBHOOK_SECRETS is not set", file=sys.stderr)
+        return 2
+    if not (settings.api_keys or settings.api_keys_file):
+        print(
+            "bulkjobs: note: a server without API keys signs with BULKJOBS_WEBHOOK_SECRETS itself",
+            file=sys.stderr,
+        )
+    for secret in tenant_secrets(keys, args.tenant):
+        print(secret)
     return 0
 
 
@@ -255,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if args.command == "keygen":
         return keygen(args)
+    if args.command == "webhook-secret":
+        return webhook_secret(args)
     return client_cli.run(args)
 
 

@@ -3,6 +3,12 @@
 The signed content is `{webhook-id}.{webhook-timestamp}.{body}`; with several
 secrets configured (rotation) one signature per secret is sent, space-separated,
 so a receiver that knows any one of them can verify.
+
+With API keys (several tenants), each tenant's messages are signed with keys of its
+own, derived from the server's: HMAC-SHA256(server key, "tenant:" + tenant), shown to
+the tenant as `whsec_<base64>` (`bulkjobs webhook-secret TENANT`). A tenant can verify
+its own messages and cannot forge another tenant's. Rotating the server's secrets
+rotates every tenant's. Without API keys the server's secrets sign directly.
 """
 
 from __future__ import annotations
@@ -43,6 +49,16 @@ def _decode_secret(token: str) -> bytes:
 def new_secret() -> str:
     """A fresh random secret in the `whsec_` format (24 bytes, as Standard Webhooks suggests)."""
     return SECRET_PREFIX + base64.b64encode(os.urandom(24)).decode()
+
+
+def tenant_key(server_key: bytes, tenant: str) -> bytes:
+    """The signing key of one tenant, derived from one server key."""
+    return hmac.new(server_key, f"tenant:{tenant}".encode(), hashlib.sha256).digest()
+
+
+def tenant_secrets(keys: list[bytes], tenant: str) -> list[str]:
+    """A tenant's secrets in the `whsec_` format, one per server key (in its order)."""
+    return [SECRET_PREFIX + base64.b64encode(tenant_key(k, tenant)).decode() for k in keys]
 
 
 def sign(keys: list[bytes], msg_id: str, timestamp_s: int, body: bytes) -> str:

@@ -29,7 +29,7 @@ from ... import jsonutil
 from ...config import Settings
 from ...models import Job, format_ts, utcnow
 from ...outbox import AttemptRecord, DeliveryAttempt, Message, MessageStatus
-from ...signing import parse_secrets, sign
+from ...signing import parse_secrets, sign, tenant_key
 from ...store import WebhookStore
 from .policy import Verdict, judge, next_attempt, parse_schedule, retry_after_s
 from .targets import ForbiddenTarget, GuardedResolver, check_target, parse_ports, port_problem
@@ -51,6 +51,7 @@ class DispatcherConfig:
     concurrency: int
     allow_private: bool
     allowed_ports: frozenset[int] | None = None  # None: any port
+    per_tenant_keys: bool = False  # API keys configured: sign with each tenant's own keys
 
     @property
     def per_host(self) -> int:
@@ -65,7 +66,14 @@ class DispatcherConfig:
             concurrency=max(1, s.webhook_concurrency),
             allow_private=s.webhook_allow_private,
             allowed_ports=parse_ports(s.webhook_allowed_ports, s.webhook_allow_private),
+            per_tenant_keys=bool(s.api_keys_file or s.api_keys),
         )
+
+    def keys_of(self, tenant: str) -> list[bytes]:
+        """The keys that sign `tenant`'s messages (see bulkjobs.signing)."""
+        if not self.per_tenant_keys:
+            return list(self.keys)
+        return [tenant_key(k, tenant) for k in self.keys]
 
 
 @attrs.define
@@ -283,7 +291,7 @@ class WebhookDispatcher:
 
     async def _post(self, session: aiohttp.ClientSession, m: Message) -> _Answer:
         body = self.body(m)
-        headers = self.headers(m.id, int(time.time()), body)
+        headers = self.headers(m.id, int(time.time()), body, m.job.tenant)
         try:
             async with session.post(
                 m.url, data=body, headers=headers, allow_redirects=False
@@ -303,16 +311,20 @@ class WebhookDispatcher:
         payload = {
             "type": m.type,
             "timestamp": format_ts(m.created_at),
+            "tenant": m.job.tenant,
             "data": self._render_job(m.job),
         }
         return jsonutil.dumps(payload)
 
-    def headers(self, msg_id: str, timestamp_s: int, body: bytes) -> dict[str, str]:
+    def headers(
+        self, msg_id: str, timestamp_s: int, body: bytes, tenant: str = "default"
+    ) -> dict[str, str]:
+        keys = self.config.keys_of(tenant)
         return {
             "Content-Type": "application/json",
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp_s),
-            "webhook-signature": sign(list(self.config.keys), msg_id, timestamp_s, body),
+            "webhook-signature": sign(keys, msg_id, timestamp_s, body),
         }
 
     def _decide(self, m: Message, attempt: DeliveryAttempt, answer: _Answer) -> AttemptRecord:
