@@ -145,3 +145,14 @@ async def test_a_large_job_is_copied_in(pg: PostgresStore) -> None:
     job = await new_job(pg, 50_000)
     items = await pg.list_items(job.pk, status=None, after_index=49_997, limit=10)
     assert [i.idx for i in items] == [49_998, 49_999]
+
+
+async def test_stats_count_a_tenants_backlog_and_stored_items(pg: PostgresStore) -> None:
+    """The per-tenant caps' figures, as SQLite computes them."""
+    await new_job(pg, 10, tenant="A")
+    done = await new_job(pg, 4, tenant="A")
+    await new_job(pg, 5, tenant="B")
+    await pg.stop(done.pk, JobStatus.CANCELLED, NOW)
+    stats = await pg.stats("A")
+    assert (stats.tenant_backlog_items, stats.tenant_stored_items) == (10, 14)
+    assert stats.backlog_items == 15 and stats.tenant_active_jobs == 1

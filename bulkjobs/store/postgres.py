@@ -400,7 +400,10 @@ class PostgresStore:
         async with self._conn() as db:
             rows = await db.fetch(
                 "SELECT status, count(*), sum(total_items - succeeded - failed - cancelled),"
-                " count(*) FILTER (WHERE tenant = $1) FROM jobs GROUP BY status",
+                " count(*) FILTER (WHERE tenant = $1),"
+                " sum(total_items - succeeded - failed - cancelled) FILTER (WHERE tenant = $1),"
+                " sum(total_items) FILTER (WHERE tenant = $1)"
+                " FROM jobs GROUP BY status",
                 tenant,
             )
         active = [r for r in rows if r[0] in ("pending", "running")]
@@ -409,6 +412,8 @@ class PostgresStore:
             webhooks_by_status=await self._outbox.count_by_status(),
             backlog_items=int(sum(r[2] or 0 for r in active)),
             tenant_active_jobs=sum(r[3] or 0 for r in active),
+            tenant_backlog_items=int(sum(r[4] or 0 for r in active)),
+            tenant_stored_items=int(sum(r[5] or 0 for r in rows)),
         )
 
     # -- the webhook outbox (WebhookStore) --------------------------------------
