@@ -56,11 +56,13 @@ async def test_status_of_a_running_job_shows_progress_rate_and_eta(
     assert re.search(r"created\s+" + HUMAN_TIME.pattern, run.out)
     assert "of 6,000 done" in run.out
 
+    await server.request("POST", f"/bulk-jobs/{job_id}/cancel")
     watched = await bulkjobs(server, "watch", job_id, "--json")
-    assert watched.code == 0, watched.err
-    assert watched.json()["status"] == "completed"
+    assert watched.code == 1, watched.err  # cancelled
+    assert watched.json()["status"] == "cancelled"
     done = await bulkjobs(server, "status", job_id)
-    assert "6,000 of 6,000 done (100%)" in done.out and "ETA" not in done.out
+    assert "cancelled" in done.out and "ETA" not in done.out and "  eta " not in done.out
+    assert re.search(r"of 6,000 ran, [\d,]+ cancelled", done.out)
     assert re.search(r"completed\s+" + HUMAN_TIME.pattern, done.out)
 
 

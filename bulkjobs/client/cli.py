@@ -30,11 +30,15 @@ from .errors import ApiError, ClientError, ServerUnreachable, Unauthorized, Wait
 from .inputs import FORMATS, InputError, detect_format, failure_rows, read_items, write_csv
 from .models import RemoteJob
 from .progress import Counts, ProgressView, describe_counts
+from .transport import RequestRetry
 from .views import console_for, describe, items_table, jobs_table, operations_table
 
 EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_URL = "http://127.0.0.1:8080"
 Command = Callable[[argparse.Namespace, BulkJobsClient], Awaitable[int]]
+#: Fewer retries than the library's default: a person waits at the prompt, and
+#: "no server" should say so within a second.
+CLI_RETRY = RequestRetry(max_attempts=3)
 
 
 def version_text() -> str:
@@ -148,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     command: Command = args.client_command
     try:
-        async with BulkJobsClient(args.url, api_key=args.api_key) as client:
+        async with BulkJobsClient(args.url, api_key=args.api_key, retry=CLI_RETRY) as client:
             try:
                 return await command(args, client)
             except ApiError as exc:
