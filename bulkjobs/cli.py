@@ -69,6 +69,11 @@ SERVE_FLAGS: list[tuple[str, str, str]] = [
     ),
     ("--webhook-timeout-s", "webhook_timeout_s", "seconds a webhook endpoint has to answer"),
     ("--webhook-concurrency", "webhook_concurrency", "webhook deliveries in flight at once"),
+    (
+        "--webhook-concurrency-per-tenant",
+        "webhook_concurrency_per_tenant",
+        "one tenant's webhook deliveries in flight (0 = half of --webhook-concurrency)",
+    ),
     ("--api-keys-file", "api_keys_file", "file of 'tenant:sha256:<hex>' lines; none = open"),
     (
         "--allowed-hosts",

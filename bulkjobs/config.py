@@ -73,6 +73,7 @@ class Settings:
     webhook_timeout_s: float = 15.0
     webhook_retry_schedule_s: str = "5,300,1800,7200,18000,36000,50400,72000,86400"
     webhook_concurrency: int = 16
+    webhook_concurrency_per_tenant: int = 0  # with API keys; 0 = half of webhook_concurrency
     webhook_progress_interval_s: float = 10.0
 
     # security and admission (issue 6): keys are `tenant:sha256:<hex>` lines

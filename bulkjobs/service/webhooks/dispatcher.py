@@ -1,6 +1,8 @@
 """The webhook dispatcher: one task that sends due outbox messages, each delivery in
-its own task, at most `concurrency` at once and at most `per_host` to one origin, so
-a slow or failing endpoint never holds up others and never touches the workers.
+its own task, at most `concurrency` at once, at most `per_host` to one host name (any
+port) and, with API keys, at most `per_tenant` of one tenant's, so a slow or failing
+endpoint never holds up others (nor one tenant's receivers another tenant's webhooks)
+and never touches the workers.
 
 Every attempt is recorded with its outcome and the time of the next one, its error as a
 class (`connect_refused`, `timeout`, `tls_error`, `bad_response`, `http_status`,
@@ -52,10 +54,18 @@ class DispatcherConfig:
     allow_private: bool
     allowed_ports: frozenset[int] | None = None  # None: any port
     per_tenant_keys: bool = False  # API keys configured: sign with each tenant's own keys
+    concurrency_per_tenant: int = 0  # 0: half of `concurrency`
 
     @property
     def per_host(self) -> int:
         return max(1, self.concurrency // 2)
+
+    @property
+    def per_tenant(self) -> int | None:
+        """Deliveries of one tenant in flight at once; None without API keys (one tenant)."""
+        if not self.per_tenant_keys:
+            return None
+        return self.concurrency_per_tenant or max(1, self.concurrency // 2)
 
     @classmethod
     def from_settings(cls, s: Settings) -> DispatcherConfig:
@@ -67,6 +77,7 @@ class DispatcherConfig:
             allow_private=s.webhook_allow_private,
             allowed_ports=parse_ports(s.webhook_allowed_ports, s.webhook_allow_private),
             per_tenant_keys=bool(s.api_keys_file or s.api_keys),
+            concurrency_per_tenant=max(0, s.webhook_concurrency_per_tenant),
         )
 
     def keys_of(self, tenant: str) -> list[bytes]:
@@ -113,6 +124,7 @@ class WebhookDispatcher:
         self._quiet = asyncio.Event()
         self._inflight: dict[int, asyncio.Task[None]] = {}
         self._host_load: collections.Counter[str] = collections.Counter()
+        self._tenant_load: collections.Counter[str] = collections.Counter()
         self._held: dict[int, float] = {}  # pk -> loop time before which it is not sent
         self.stats = DeliveryStats()
 
@@ -185,23 +197,30 @@ class WebhookDispatcher:
         return self.config.concurrency - len(self._inflight)
 
     def _maybe_start(self, session: aiohttp.ClientSession, m: Message) -> bool:
-        host = str(URL(m.url).origin())
+        # the host name, not the origin: two ports of one host share its slots
+        host = str(URL(m.url).host)
         if m.pk in self._inflight or not self._free_slots() or self._is_held(m.pk):
             return False
         if self._host_load[host] >= self.config.per_host:
+            return False
+        per_tenant = self.config.per_tenant
+        tenant = m.job.tenant if per_tenant is not None else ""
+        if per_tenant is not None and self._tenant_load[tenant] >= per_tenant:
             return False
         self._quiet.clear()
         task = asyncio.create_task(self._deliver(session, m), name=f"webhook-{m.id}")
         self._inflight[m.pk] = task
         self._host_load[host] += 1
-        task.add_done_callback(lambda t: self._finished(t, m.pk, host))
+        self._tenant_load[tenant] += 1
+        task.add_done_callback(lambda t: self._finished(t, m.pk, host, tenant))
         return True
 
-    def _finished(self, task: asyncio.Task[None], pk: int, host: str) -> None:
+    def _finished(self, task: asyncio.Task[None], pk: int, host: str, tenant: str) -> None:
         self._inflight.pop(pk, None)
-        self._host_load[host] -= 1
-        if self._host_load[host] <= 0:
-            del self._host_load[host]
+        for load, key in ((self._host_load, host), (self._tenant_load, tenant)):
+            load[key] -= 1
+            if load[key] <= 0:
+                del load[key]
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("webhook delivery %s crashed", task.get_name(), exc_info=task.exception())
@@ -219,7 +238,7 @@ class WebhookDispatcher:
             return held_s
         delay = (due - utcnow()).total_seconds()
         if delay <= 0 and not started:
-            return held_s  # due but held back by a per-host limit: wait for a finish
+            return held_s  # due but held back by a per-host/tenant limit: wait for a finish
         return min(max(delay, 0.0), _MAX_IDLE_S, held_s if held_s is not None else _MAX_IDLE_S)
 
     def _held_delay(self) -> float | None:
