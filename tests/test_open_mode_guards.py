@@ -41,6 +41,11 @@ async def test_other_hosts_are_refused(client: TestClient, host: str) -> None:
         assert (resp.status, await code_of(resp)) == (403, "host_not_allowed"), (method, path)
 
 
+async def test_unknown_routes_stay_404_whatever_the_host(client: TestClient) -> None:
+    resp = await client.get("/no-such-thing", headers={"Host": "evil.example"})
+    assert (resp.status, await code_of(resp)) == (404, "not_found")
+
+
 async def test_allowed_hosts_and_the_bound_address(make_client: Any, tmp_path: Path) -> None:
     def db(name: str) -> str:
         return str(tmp_path / f"{name}.sqlite3")
