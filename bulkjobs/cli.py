@@ -142,6 +142,7 @@ def is_loopback(host: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bulkjobs", description="Bulk operations as jobs.")
+    parser.add_argument("--version", action="version", version=client_cli.version_text())
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
         "serve",
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         " the tenant). Without API keys the server secrets themselves sign.",
     )
     whsec.add_argument("tenant", help="tenant name, as in the API keys file")
-    client_cli.add_commands(sub)  # submit, status, list, cancel, results
+    client_cli.add_commands(sub)  # submit, watch, status, list, items, results, cancel, ...
     return parser
 
 

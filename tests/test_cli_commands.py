@@ -5,14 +5,17 @@ against a real server process serving the demo operations."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.serverproc import ServerProcess
+from tests.serverproc import ROOT, ServerProcess
 from tests.test_cli_client import bulkjobs
 
 pytestmark = pytest.mark.slow
@@ -104,3 +107,16 @@ async def test_items_retry_delete_and_operations(server: ServerProcess) -> None:
     assert names == ["update_orders_status", "noop", "sleep"]
     ops_json = await bulkjobs(server, "operations", "--json")
     assert {op["name"] for op in ops_json.json()} == set(names)
+
+
+def test_version() -> None:
+    from importlib import metadata
+
+    run = subprocess.run(
+        [sys.executable, "-m", "bulkjobs", "--version"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert (run.returncode, run.stdout) == (0, f"bulkjobs {metadata.version('bulkjobs')}\n")
