@@ -26,7 +26,7 @@ from tests.serverproc import free_port
 from tests.support import submit, wait_terminal
 from tests.test_hardening_webhooks import RawPeer, reset
 from tests.test_webhooks import fake_dns
-from tests.webhook_support import deliveries, random_secret, start_receiver, wait_quiet
+from tests.webhook_support import random_secret, start_receiver, wait_quiet
 
 
 def teredo(server: str, client: str) -> str:
