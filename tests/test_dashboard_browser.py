@@ -396,3 +396,31 @@ async def test_the_page_says_when_the_server_is_down_or_rate_limits(
         await expect(page.locator("#conn")).to_have_text("live", timeout=15_000)
         await expect(page.locator("#banner")).to_be_hidden()
         assert [e for e in page.problems if "uncaught" in e] == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+async def test_axe_finds_no_serious_accessibility_violations(
+    make_client: ClientFactory, scheme: str
+) -> None:
+    axe_module = pytest.importorskip("axe_playwright_python.async_playwright")
+    client: TestClient = await make_client()
+    expect = playwright_api.expect
+    job = await submit(client, "echo", [{"n": 1}, {"n": 2, "fail": "bad_n"}])
+    await wait_terminal(client, job["id"])
+    axe = axe_module.Axe()
+    async with chromium_page(client, color_scheme=scheme) as page:
+        await page.goto(str(client.make_url("/")))
+        await expect(page.locator("#jobs-body tr")).to_have_count(1)
+        found = []
+        for view in ("list", "job"):
+            if view == "job":
+                await page.goto(str(client.make_url("/")) + f"#/jobs/{job['id']}")
+                await expect(page.locator("#items-body tr")).to_have_count(2)
+            results = await axe.run(page)
+            found += [
+                f"{view}: {v['id']} ({v['impact']}): {v['help']} "
+                f"{[n['target'] for n in v['nodes']][:3]}"
+                for v in results.response["violations"]
+                if v["impact"] in ("serious", "critical")
+            ]
+        assert found == [], "\n".join(found)
