@@ -120,3 +120,20 @@ def test_version() -> None:
         check=False,
     )
     assert (run.returncode, run.stdout) == (0, f"bulkjobs {metadata.version('bulkjobs')}\n")
+
+
+async def test_without_an_event_stream_progress_comes_from_polling(tmp_path: Path) -> None:
+    server = ServerProcess(str(tmp_path / "jobs.sqlite3"), "--sse-max-streams", "0")
+    await server.start()
+    try:
+        job_id = await submit(server, "sleep", [{"ms": 2} for _ in range(5000)])
+        env = {"BULKJOBS_PROGRESS_INTERVAL_S": "0"}
+        run = await bulkjobs(server, "watch", job_id, env=env)
+    finally:
+        await server.stop()
+    assert run.code == 0, run.err
+    lines = run.err.splitlines()
+    assert all(line.startswith(job_id) for line in lines)
+    running = {line for line in lines if re.search(r" running: [1-9][\d,]* of 5,000 done", line)}
+    assert len(running) >= 2, lines  # drawn while it ran, not only at the start and end
+    assert "5,000 of 5,000 done (100%)" in run.out

@@ -280,11 +280,19 @@ async def _follow_events(client: BulkJobsClient, job: RemoteJob, view: ProgressV
             view.update(counts)
     except Unauthorized:
         raise
-    except ClientError:
-        job = await client.poll(job.id)  # no event stream: poll quietly
+    except ClientError:  # no event stream (e.g. too many open): poll, still drawing
+        return await _poll(client, job.id, view)
     final = await client.get(job.id)
     view.update(Counts.from_job(final), force=view.is_terminal)
     return final
+
+
+async def _poll(client: BulkJobsClient, job_id: str, view: ProgressView) -> RemoteJob:
+    while not (job := await client.get(job_id)).is_terminal:
+        view.update(Counts.from_job(job))
+        await asyncio.sleep(client.poll_interval_s)
+    view.update(Counts.from_job(job), force=view.is_terminal)
+    return job
 
 
 async def _write_failures(
