@@ -258,6 +258,7 @@ async def test_the_job_page_has_its_own_url_and_its_actions_show_refusals(
         await expect(page.locator("#detail-id")).to_have_text(held["id"])
         await expect(page.locator("#detail-status")).to_have_text("running")
         await expect(page.locator("#webhook-state")).to_have_text("This job has no webhook.")
+        await expect(page.locator("#items-body tr").last).to_contain_text("pending")
         # refused: the API's problem detail is shown
         await page.click("#dl-ndjson")
         await expect(page.locator("#action-msg")).to_contain_text("complete once it finishes")
@@ -273,6 +274,9 @@ async def test_the_job_page_has_its_own_url_and_its_actions_show_refusals(
         gate.opened.set()
         await expect(page.locator("#detail-status")).to_have_text("cancelled")
         await expect(page.locator("#detail-counts")).to_have_text("2 of 10 ran, 8 cancelled")
+        # the items table, loaded while they were pending, followed the job live
+        await expect(page.locator("#items-body tr").first).to_contain_text("succeeded")
+        await expect(page.locator("#items-body tr").last).to_contain_text("cancelled")
 
         # a finished job with failures, opened by its URL and reloaded
         await page.goto(str(client.make_url("/")) + f"#/jobs/{done['id']}")

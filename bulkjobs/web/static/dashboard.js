@@ -13,7 +13,7 @@ const state = {
   source: null, // the EventSource
   route: { view: "list", id: null },
   items: { next: null, paged: false, reloadTimer: null },
-  knownFailed: null,
+  itemsSeen: null,
 };
 const $ = (id) => document.getElementById(id);
 
@@ -333,7 +333,7 @@ function route() {
 async function openJob(id) {
   $("action-msg").textContent = "";
   $("items-body").replaceChildren();
-  state.knownFailed = null;
+  state.itemsSeen = null;
   document.title = `${id} · bulkjobs`;
   try {
     upsert(await api(`bulk-jobs/${id}`));
@@ -373,9 +373,10 @@ function renderJob() {
   $("act-delete").disabled = !done;
   $("act-retry").disabled = !done || !job.failed;
   // the items on show follow the counters: reload the first page when they move
-  if (state.knownFailed !== null && !state.items.paged &&
-      (job.failed !== state.knownFailed.failed || job.status !== state.knownFailed.status)) {
-    scheduleItemsReload();
+  const seen = state.itemsSeen;
+  if (seen !== null && !state.items.paged && (job.processed !== seen.processed ||
+      job.failed !== seen.failed || job.status !== seen.status)) {
+    scheduleItemsReload(); // at most twice a second
   }
 }
 
@@ -420,7 +421,7 @@ async function loadItems(reset) {
   if (reset) $("items-body").replaceChildren(...rows); else $("items-body").append(...rows);
   state.items.next = page.links.next;
   state.items.paged = !reset;
-  state.knownFailed = { failed: job.failed, status: job.status };
+  state.itemsSeen = { processed: job.processed, failed: job.failed, status: job.status };
   $("items-more").hidden = !page.links.next;
   filterItems();
 }
