@@ -149,6 +149,7 @@ async def test_list_is_coloured_only_on_a_terminal(
     assert coloured.lines[0].split()[:3] == ["ID", "OPERATION", "STATUS"]
     piped = await bulkjobs(server, "list")
     assert "\x1b" not in piped.out
+    assert all(line == line.rstrip() for line in piped.out.splitlines())
     header = piped.out.splitlines()[0].split()
     assert header == ["ID", "OPERATION", "STATUS", "PROGRESS", "FAILED", "CREATED"]
     assert job_id in piped.out

@@ -31,7 +31,7 @@ from .inputs import FORMATS, InputError, detect_format, failure_rows, read_items
 from .models import RemoteJob
 from .progress import Counts, ProgressView, describe_counts
 from .transport import RequestRetry
-from .views import console_for, describe, items_table, jobs_table, operations_table
+from .views import describe, items_table, jobs_table, operations_table, print_human
 
 EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -193,7 +193,7 @@ def _emit(args: argparse.Namespace, data: Any, human: Any) -> None:
     if args.json:
         print(jsonutil.dumps_str(data))
     else:
-        console_for().print(human)
+        print_human(human)
 
 
 # -- submit and follow -------------------------------------------------------

@@ -36,6 +36,18 @@ def console_for(stream: TextIO | None = None) -> Console:
     return Console(file=stream, highlight=False, soft_wrap=not tty, width=None if tty else 10_000)
 
 
+def print_human(renderable: Any, stream: TextIO | None = None) -> None:
+    """Print for people; piped output has no trailing blanks (table cells are padded)."""
+    console = console_for(stream)
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as captured:
+        console.print(renderable)
+    for line in captured.get().splitlines():
+        console.file.write(line.rstrip() + "\n")
+
+
 def when(moment: datetime | None) -> str:
     """`2026-12-02 15:28:14Z`; `-` when unset."""
     if moment is None:
