@@ -19,7 +19,7 @@ from .config import ENV_PREFIX, Settings
 SERVE_FLAGS: list[tuple[str, str, str]] = [
     ("--host", "host", "interface to bind"),
     ("--port", "port", "TCP port"),
-    ("--db", "db_path", "SQLite file for jobs (and the demo's orders)"),
+    ("--db", "db_path", "SQLite file, or a postgresql:// URL, for jobs (and the demo's orders)"),
     ("--workers", "workers", "number of worker coroutines"),
     ("--app", "app", "operations to serve, as module:registry"),
     ("--base-path", "base_path", "URL prefix for every route, e.g. /api"),

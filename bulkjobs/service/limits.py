@@ -65,7 +65,8 @@ class DiskGuard:
 
     def __init__(self, db_path: str, min_free_bytes: int) -> None:
         self._dir = os.path.dirname(os.path.abspath(db_path)) or "."
-        self.min_free_bytes = min_free_bytes
+        # A database URL (PostgreSQL) is not on this host's disks: nothing to guard here.
+        self.min_free_bytes = 0 if "://" in db_path else min_free_bytes
         self._checked_at = -math.inf
         self._free = math.inf
 

@@ -18,8 +18,23 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+
+def _postgres_errors() -> tuple[type[BaseException], ...]:
+    """asyncpg's errors, when the PostgreSQL driver is installed."""
+    try:
+        import asyncpg  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - asyncpg is a dependency today
+        return ()
+    return (asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
 #: Errors a loop survives however often they come: the store or the network.
-TRANSIENT: tuple[type[BaseException], ...] = (sqlite3.Error, OSError, TimeoutError)
+TRANSIENT: tuple[type[BaseException], ...] = (
+    sqlite3.Error,
+    OSError,
+    TimeoutError,
+    *_postgres_errors(),
+)
 
 LoopFactory = Callable[[], Coroutine[Any, Any, None]]
 
