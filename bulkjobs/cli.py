@@ -13,120 +13,18 @@ from collections.abc import Sequence
 import attrs
 
 from .client import cli as client_cli
-from .config import ENV_PREFIX, Settings
+from .config import ENV_PREFIX, Settings, flag_of
 
-#: (flag, settings field, help)
+#: (flag, settings field, help) of every `serve` flag, from the settings' own fields
 SERVE_FLAGS: list[tuple[str, str, str]] = [
-    ("--host", "host", "interface to bind"),
-    ("--port", "port", "TCP port"),
-    ("--db", "db_path", "SQLite file, or a postgresql:// URL, for jobs (and the demo's orders)"),
-    ("--workers", "workers", "number of worker coroutines"),
-    ("--app", "app", "operations to serve, as module:registry"),
-    ("--base-path", "base_path", "URL prefix for every route, e.g. /api"),
-    ("--max-body-bytes", "max_body_bytes", "largest accepted request body"),
-    ("--max-items", "max_items", "most items in one job"),
-    ("--max-pending-items", "max_pending_items", "items waiting across all jobs before 503"),
-    (
-        "--max-pending-items-per-tenant",
-        "max_pending_items_per_tenant",
-        "items waiting in one tenant's jobs before 429 (0 = no limit)",
-    ),
-    (
-        "--max-stored-items-per-tenant",
-        "max_stored_items_per_tenant",
-        "items in one tenant's stored jobs before 507 (0 = no limit)",
-    ),
-    ("--body-timeout-s", "body_timeout_s", "seconds for a request body to start arriving (408)"),
-    (
-        "--body-min-rate-bytes-s",
-        "body_min_rate_bytes_s",
-        "slowest accepted request body, bytes per second (408)",
-    ),
-    ("--default-ttl-s", "default_ttl_s", "how long finished jobs are kept, by default"),
-    ("--max-ttl-s", "max_ttl_s", "longest ttl_seconds a job may ask for"),
-    ("--tombstone-s", "tombstone_s", "how long a removed job's URL answers 410 before 404"),
-    ("--idempotency-ttl-s", "idempotency_ttl_s", "how long Idempotency-Key records are kept"),
-    ("--janitor-interval-s", "janitor_interval_s", "seconds between sweeps for expired jobs"),
-    ("--shutdown-grace-s", "shutdown_grace_s", "how long SIGTERM waits for items in flight"),
-    ("--sqlite-synchronous", "sqlite_synchronous", "NORMAL (crash-safe) or FULL (power-safe)"),
-    ("--sse-heartbeat-s", "sse_heartbeat_s", "seconds between SSE comment heartbeats"),
-    ("--sse-max-streams", "sse_max_streams", "open SSE streams before 503"),
-    (
-        "--sse-max-streams-per-tenant",
-        "sse_max_streams_per_tenant",
-        "open SSE streams of one tenant before 429 (0 = no cap)",
-    ),
-    ("--long-poll-max-s", "long_poll_max_s", "longest accepted ?wait= on GET /bulk-jobs/{id}"),
-    (
-        "--long-poll-max-waiting",
-        "long_poll_max_waiting",
-        "long polls waiting at once; beyond, ?wait= answers at once",
-    ),
-    (
-        "--long-poll-max-per-tenant",
-        "long_poll_max_per_tenant",
-        "long polls one tenant may have waiting; beyond, ?wait= answers at once",
-    ),
-    ("--webhook-timeout-s", "webhook_timeout_s", "seconds a webhook endpoint has to answer"),
-    ("--webhook-concurrency", "webhook_concurrency", "webhook deliveries in flight at once"),
-    (
-        "--webhook-concurrency-per-tenant",
-        "webhook_concurrency_per_tenant",
-        "one tenant's webhook deliveries in flight (0 = half of --webhook-concurrency)",
-    ),
-    ("--api-keys-file", "api_keys_file", "file of 'tenant:sha256:<hex>' lines; none = open"),
-    (
-        "--allowed-hosts",
-        "allowed_hosts",
-        "open mode: Host names answered besides loopback, comma list ('*' = any)",
-    ),
-    (
-        "--insecure-open",
-        "insecure_open",
-        "serve without API keys on a non-loopback address (anyone can reach it)",
-    ),
-    ("--events-token-ttl-s", "events_token_ttl_s", "lifetime of signed events-link tokens"),
-    ("--submit-rate-per-s", "submit_rate_per_s", "submits per second per tenant (0 = no limit)"),
-    ("--submit-burst", "submit_burst", "submits a tenant may send at once"),
-    ("--max-active-jobs", "max_active_jobs", "pending/running jobs per tenant (0 = no limit)"),
-    ("--min-free-disk-bytes", "min_free_disk_bytes", "below this free space new jobs get 507"),
-    ("--log-format", "log_format", "text or json (one object per line)"),
-    ("--access-log", "access_log", "log every request (true/false)"),
-    ("--min-ttl-s", "min_ttl_s", "shortest ttl_seconds a job may ask for"),
-    ("--janitor-batch-jobs", "janitor_batch_jobs", "expired jobs removed per janitor sweep"),
-    ("--purge-batch-items", "purge_batch_items", "items deleted per purge transaction"),
-    ("--purge-pause-ms", "purge_pause_ms", "pause between purge transactions"),
-    ("--queue-chunks", "queue_chunks", "bounded work queue size in chunks (0 = 2 x workers)"),
-    ("--commit-max-rows", "commit_max_rows", "most item outcomes in one group commit"),
-    ("--commit-linger-ms", "commit_linger_ms", "how long a group commit waits for more rows"),
-    ("--load-page-items", "load_page_items", "items claimed per lease, cut into batch chunks"),
-    ("--lease-s", "lease_s", "lease on claimed items; renewed every third of it"),
-    ("--cancel-wait-s", "cancel_wait_s", "how long POST .../cancel waits before answering 202"),
-    ("--busy-timeout-ms", "busy_timeout_ms", "SQLite busy timeout"),
-    ("--retry-after-s", "retry_after_s", "Retry-After sent with server_busy"),
-    ("--progress-interval-ms", "progress_interval_ms", "least time between progress events"),
-    ("--sse-retry-ms", "sse_retry_ms", "reconnect delay the SSE stream advises"),
-    ("--sse-buffer-events", "sse_buffer_events", "events buffered per SSE client"),
-    ("--sse-send-timeout-s", "sse_send_timeout_s", "a stalled SSE client is dropped after"),
-    ("--webhook-allow-private", "webhook_allow_private", "allow loopback/private webhook targets"),
-    (
-        "--webhook-allowed-ports",
-        "webhook_allowed_ports",
-        "ports webhooks may use, comma list or * (default 80,443; any with allow-private)",
-    ),
-    ("--webhook-retry-schedule-s", "webhook_retry_schedule_s", "webhook retry delays, comma list"),
-    (
-        "--webhook-progress-interval-s",
-        "webhook_progress_interval_s",
-        "least time between job.progress webhooks",
-    ),
-    ("--handler-threads", "handler_threads", "threads for sync handlers (0 = 2 x workers)"),
+    (flag, f.name, f.metadata["help"])
+    for f in attrs.fields(Settings)
+    if (flag := flag_of(f)) is not None
 ]
 
-#: Secrets are read from the environment only, never from the command line (ps shows it).
+#: Settings only the environment sets (secrets stay out of process listings)
 ENV_ONLY: list[tuple[str, str]] = [
-    ("webhook_secrets", "whsec_<base64> signing secrets, space or comma separated"),
-    ("api_keys", "'tenant:sha256:<hex>' lines, comma separated (or --api-keys-file)"),
+    (f.name, f.metadata["help"]) for f in attrs.fields(Settings) if flag_of(f) is None
 ]
 
 
