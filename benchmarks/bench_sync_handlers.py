@@ -25,10 +25,10 @@ from bulkjobs import ItemContext, Registry
 from bulkjobs.models import WorkItem
 from bulkjobs.registry import Operation, call_handler
 from bulkjobs.service import executor
+from bulkjobs.service.dispatcher import LeaseRun
 from bulkjobs.service.metrics import Metrics
-from bulkjobs.service.scheduler import JobRun
 
-RunChunk = Callable[[JobRun, Sequence[WorkItem]], Awaitable[list[Any]]]
+RunChunk = Callable[[LeaseRun, Sequence[WorkItem]], Awaitable[list[Any]]]
 
 
 @attrs.frozen
@@ -52,7 +52,7 @@ def operations() -> tuple[Operation, Operation]:
     return plain, timed
 
 
-async def per_item_to_thread(run: JobRun, chunk: Sequence[WorkItem]) -> list[Any]:
+async def per_item_to_thread(run: LeaseRun, chunk: Sequence[WorkItem]) -> list[Any]:
     """The executor's loop before issue 10: structure, one thread hop, one row per item."""
     op = run.operation
     rows = []
@@ -67,7 +67,7 @@ async def per_item_to_thread(run: JobRun, chunk: Sequence[WorkItem]) -> list[Any
 
 
 async def us_per_item(run_chunk: RunChunk, op: Operation, items: int, chunk: int) -> float:
-    run = JobRun("job_bench", 1, op, remaining=items)
+    run = LeaseRun(1, "job_bench", 1, "default", op)
     work = [WorkItem(i, None, f'{{"n": {i}}}') for i in range(items)]
     chunks = [work[i : i + chunk] for i in range(0, items, chunk)]
     started = time.perf_counter()
