@@ -16,11 +16,10 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from types import TracebackType
 from typing import IO, Any
-from urllib.parse import quote
 
 import aiohttp
 
-from .. import jsonutil
+from .. import jsonutil, paths
 from .body import Items, ReplayableBody
 from .errors import ClientError, TransportError, Unauthorized, WaitTimeout
 from .models import Event, RemoteJob
@@ -115,7 +114,7 @@ class BulkJobsClient:
         async def attempt() -> Reply:
             try:
                 return await http.fetch(
-                    "POST", "/bulk-jobs", params=params, headers=headers, data=body.chunks
+                    "POST", paths.JOBS, params=params, headers=headers, data=body.chunks
                 )
             except aiohttp.ClientError:
                 if body.error is not None:  # the items failed, not the network
@@ -139,7 +138,7 @@ class BulkJobsClient:
     ) -> AsyncIterator[RemoteJob]:
         """Every job (newest first), fetched page by page."""
         params = _params(status=status, operation=operation, limit=str(page_size))
-        async for row in self._pages("/bulk-jobs", params):
+        async for row in self._pages(paths.JOBS, params):
             yield RemoteJob.from_json(row)
 
     async def items(
@@ -201,9 +200,9 @@ class BulkJobsClient:
 
     async def operations(self) -> builtins.list[dict[str, Any]]:
         """The registered operations with their item schemas and limits."""
-        data: builtins.list[dict[str, Any]] = (await self._http().call("GET", "/operations")).body[
-            "data"
-        ]
+        data: builtins.list[dict[str, Any]] = (
+            await self._http().call("GET", paths.OPERATIONS)
+        ).body["data"]
         return data
 
     # -- change ------------------------------------------------------------
@@ -321,7 +320,7 @@ def _event(raw: RawEvent) -> Event:
 
 
 def _job(job_id: str) -> str:
-    return "/bulk-jobs/" + quote(job_id, safe="")
+    return paths.job_path(paths.JOB, job_id)
 
 
 def _params(**values: str | None) -> dict[str, str]:

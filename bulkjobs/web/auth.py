@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from .. import paths
 from ..errors import BulkJobsError
 from ..security import KeyConfigError, KeyRing
 from .keys import AUTHENTICATED, KEYRING, SETTINGS, SIGNER, TENANT
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_TENANT = "default"
 #: The token scope of the tenant-wide event stream (job ids are `job_...`).
 TENANT_EVENTS_SCOPE = "*"
-TENANT_EVENTS_PATH = "/events"
+TENANT_EVENTS_PATH = paths.EVENTS
 
 #: Paths (after the base path) that never need a key.
 _PUBLIC_EXACT = frozenset({"", "/", "/healthz", "/readyz", "/metrics", "/openapi.json", "/errors"})

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .. import paths
 from ..errors import BulkJobsError
 from .overview import overview
 
 routes = web.RouteTableDef()
 #: The dashboard's summary of the caller's own load (web/overview.py).
-routes.get("/overview")(overview)
+routes.get(paths.OVERVIEW)(overview)
 
 STATIC_DIR = Path(__file__).parent / "static"
 #: The only files served, with their media types (no path from the URL reaches the disk).

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 from .. import __version__
+from .. import paths as api_paths
 from ..config import Settings
 from ..errors import CATALOG, ITEM_ERROR_CODES, ProblemType
 from ..itemtypes import enum_schema, item_schema
@@ -152,7 +153,7 @@ def paths() -> dict[str, Schema]:
     for route, spec in endpoints().items():
         method, path = route.split()
         out.setdefault(path, {})[method.lower()] = op(*spec)
-    out["/bulk-jobs"]["post"]["requestBody"] = SUBMIT_BODY
+    out[api_paths.JOBS]["post"]["requestBody"] = SUBMIT_BODY
     return out
 
 
@@ -214,59 +215,59 @@ def endpoints() -> dict[str, tuple[Any, ...]]:
     error_type["content"][JSON] = {"schema": ref("ErrorType")}
     # fmt: off
     return {
-        "POST /bulk-jobs": ("createJob",
+        f"POST {api_paths.JOBS}": ("createJob",
             "Submit a job: validated, stored durably, worked in the background",
             {"202": created, "200": replay}, SUBMIT_ERRORS, "IdempotencyKey"),
-        "GET /bulk-jobs": ("listJobs", "List jobs, newest first",
+        f"GET {api_paths.JOBS}": ("listJobs", "List jobs, newest first",
             {"200": body("A page of jobs", ref("JobPage"), "Link")},
             "invalid_request invalid_cursor", "JobStatusFilter OperationFilter Cursor Limit"),
-        "GET /bulk-jobs/{job_id}": ("getJob", "A job; `?wait=S` long-polls for its next change",
+        f"GET {api_paths.JOB}": ("getJob", "A job; `?wait=S` long-polls for its next change",
             {"200": job, "304": {"description": "Not modified (If-None-Match)"}},
             f"invalid_request {MISSING}", "JobId Wait IfNoneMatch"),
-        "DELETE /bulk-jobs/{job_id}": ("deleteJob",
+        f"DELETE {api_paths.JOB}": ("deleteJob",
             "Delete a finished job and its items; its URL then answers 410",
             {"204": {"description": "Deleted"}}, f"{MISSING} job_not_terminal", "JobId"),
-        "GET /bulk-jobs/{job_id}/items": ("listItems", "Per-item outcomes in request order",
+        f"GET {api_paths.JOB_ITEMS}": ("listItems", "Per-item outcomes in request order",
             {"200": body("A page of items", ref("ItemPage"), "Link")},
             f"invalid_request invalid_cursor {MISSING}", "JobId ItemStatusFilter Cursor Limit"),
-        "GET /bulk-jobs/{job_id}/events": ("jobEvents",
+        f"GET {api_paths.JOB_EVENTS}": ("jobEvents",
             "Progress as Server-Sent Events; ends after the terminal event",
             {"200": text("An event stream", "text/event-stream"),
              "204": {"description": "A resumed stream of a finished job: nothing new"}},
             f"invalid_request {MISSING} too_many_streams too_many_open_streams shutting_down",
             "JobId LastEventId LastEventIdQuery EventsToken"),
-        "GET /events": ("tenantEvents",
+        f"GET {api_paths.EVENTS}": ("tenantEvents",
             "Every job of the caller's tenant as Server-Sent Events: a `snapshot` of the"
             " active jobs (or the missed events on resume), then `created`, `progress` and"
             " `status` events; ids are `<epoch>-<n>`",
             {"200": TENANT_STREAM},
             "invalid_request too_many_streams too_many_open_streams shutting_down",
             "TenantLastEventId TenantLastEventIdQuery TenantEventsToken"),
-        "GET /overview": ("overview",
+        f"GET {api_paths.OVERVIEW}": ("overview",
             "The caller's own backlog, running jobs, items/s and open streams",
             {"200": body("The caller's load", ref("Overview"))}),
-        "GET /bulk-jobs/{job_id}/results": ("downloadResults",
+        f"GET {api_paths.JOB_RESULTS}": ("downloadResults",
             "Download every outcome as NDJSON or CSV (`?format=` or `Accept`)", {"200": RESULTS},
             f"unsupported_format invalid_status_filter invalid_request {MISSING} not_acceptable"
             " job_not_terminal", "JobId Format ResultStatusFilter Partial Accept"),
-        "POST /bulk-jobs/{job_id}/cancel": ("cancelJob",
+        f"POST {api_paths.JOB_CANCEL}": ("cancelJob",
             "Cancel: 200 once cancelled, 202 while in-flight items finish",
             {"200": {**job, "description": "The cancelled job"},
              "202": {**job, "description": "The job, still winding down"}},
             f"{MISSING} job_terminal shutting_down", "JobId"),
-        "POST /bulk-jobs/{job_id}/retry": ("retryFailures",
+        f"POST {api_paths.JOB_RETRY}": ("retryFailures",
             "A new job of the same operation from the failed items of a finished job",
             {"202": body("The new job", ref("Job"), "Location Retry-After")},
             f"{MISSING} job_not_terminal no_failed_items unknown_operation {BUSY}", "JobId"),
-        "GET /bulk-jobs/{job_id}/webhook-deliveries": ("listWebhookDeliveries",
+        f"GET {api_paths.JOB_DELIVERIES}": ("listWebhookDeliveries",
             "The job's webhook messages, oldest first, each with every attempt",
             {"200": body("A page of messages", ref("DeliveryPage"), "Link")},
             f"invalid_request invalid_cursor {MISSING}", "JobId Cursor Limit"),
-        "POST /bulk-jobs/{job_id}/webhook-deliveries/{msg_id}/redeliver": ("redeliverWebhook",
+        f"POST {api_paths.JOB_REDELIVER}": ("redeliverWebhook",
             "Send a webhook message again now, with the same `webhook-id`",
             {"202": body("The message", ref("Delivery"))},
             f"{MISSING} webhook_message_not_found", "JobId MessageId"),
-        "GET /operations": ("listOperations",
+        f"GET {api_paths.OPERATIONS}": ("listOperations",
             "Registered operations: item schema, limits, item error codes",
             {"200": body("Operations", ref("OperationList"))}),
         "GET /openapi.json": ("openapi", "This document", {"200": body("OpenAPI 3.1", OBJECT)}),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import jsonutil
+from .. import jsonutil, paths
 from ..models import ItemRecord, ItemRow, Job, format_ts
 from .schemas import Wire, ref
 
@@ -20,15 +20,17 @@ JOB_ID_PATTERN = "^job_[0-9a-z]{26}$"  # models.new_job_id
 
 
 def job_links(job: Job, base: str) -> dict[str, str]:
-    href = f"{base}/bulk-jobs/{job.id}"
+    def link(template: str) -> str:
+        return paths.job_path(template, job.id, base)
+
     return {
-        "self": href,
-        "events": f"{href}/events",
-        "items": f"{href}/items",
-        "failures": f"{href}/items?status=failed",
-        "results": f"{href}/results",
-        "cancel": f"{href}/cancel",
-        "retry": f"{href}/retry",
+        "self": link(paths.JOB),
+        "events": link(paths.JOB_EVENTS),
+        "items": link(paths.JOB_ITEMS),
+        "failures": link(paths.JOB_ITEMS) + "?status=failed",
+        "results": link(paths.JOB_RESULTS),
+        "cancel": link(paths.JOB_CANCEL),
+        "retry": link(paths.JOB_RETRY),
     }
 
 

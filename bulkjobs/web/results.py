@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import jsonutil
+from .. import jsonutil, paths
 from ..csvcells import safe_cell
 from ..errors import BulkJobsError
 from ..models import ItemRow, Job
@@ -46,7 +46,7 @@ ACCEPTED = {
 EXTENSIONS = {NDJSON: "ndjson", CSV: "csv"}
 
 
-@routes.get("/bulk-jobs/{job_id}/results")
+@routes.get(paths.JOB_RESULTS)
 async def download_results(request: web.Request) -> web.StreamResponse:
     """Every item outcome as NDJSON or CSV; 409 while the job runs unless `partial=true`."""
     media = negotiate(request)
@@ -89,7 +89,7 @@ async def _write_pages(
             await resp.write(encode(rows))
 
 
-@routes.post("/bulk-jobs/{job_id}/retry")
+@routes.post(paths.JOB_RETRY)
 async def retry_failures(request: web.Request) -> web.Response:
     """202 with a new job made of the source job's failed items (same operation)."""
     job = await request.app[SERVICE].retry(request.match_info["job_id"], tenant_of(request))

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
-from .. import jsonutil
+from .. import jsonutil, paths
 from ..errors import BulkJobsError
 from ..models import Job
 from ..parsing import ascii_uint
@@ -75,7 +75,7 @@ def _page_response(request: web.Request, page: Page[Any], data: list[Any]) -> we
     return json_response({"data": data, "links": {"next": nxt}}, headers=headers)
 
 
-@routes.post("/bulk-jobs")
+@routes.post(paths.JOBS)
 async def create_job(request: web.Request) -> web.Response:
     """Accept a job: 202, `Location`, `Retry-After`, the pending job as the body."""
     if request.content_type not in JSON_TYPES | NDJSON_TYPES:
@@ -114,7 +114,7 @@ async def _ndjson_body(raw: bytes, query: MultiMapping[str]) -> bytes:
     return await asyncio.to_thread(ndjson_to_body, raw, dict(query))
 
 
-@routes.get("/bulk-jobs")
+@routes.get(paths.JOBS)
 async def list_jobs(request: web.Request) -> web.Response:
     q = request.query
     page = await request.app[SERVICE].list_jobs(
@@ -127,7 +127,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     return _page_response(request, page, [render_job(request, j) for j in page.data])
 
 
-@routes.get("/bulk-jobs/{job_id}")
+@routes.get(paths.JOB)
 async def get_job(request: web.Request) -> web.Response:
     job = await read_job(request)  # honours ?wait= (long-poll)
     headers = _job_headers(request, job)
@@ -137,7 +137,7 @@ async def get_job(request: web.Request) -> web.Response:
     return json_response(body, headers=headers)
 
 
-@routes.get("/bulk-jobs/{job_id}/items")
+@routes.get(paths.JOB_ITEMS)
 async def list_items(request: web.Request) -> web.Response:
     q = request.query
     page = await request.app[SERVICE].list_items(
@@ -150,7 +150,7 @@ async def list_items(request: web.Request) -> web.Response:
     return _page_response(request, page, [item_json(i) for i in page.data])
 
 
-@routes.post("/bulk-jobs/{job_id}/cancel")
+@routes.post(paths.JOB_CANCEL)
 async def cancel_job(request: web.Request) -> web.Response:
     """200 with the cancelled job, or 202 while in-flight items are still finishing."""
     job = await request.app[SERVICE].cancel(request.match_info["job_id"], tenant_of(request))
@@ -160,13 +160,13 @@ async def cancel_job(request: web.Request) -> web.Response:
     )
 
 
-@routes.delete("/bulk-jobs/{job_id}")
+@routes.delete(paths.JOB)
 async def delete_job(request: web.Request) -> web.Response:
     await request.app[SERVICE].delete(request.match_info["job_id"], tenant_of(request))
     return web.Response(status=204)
 
 
-@routes.get("/operations")
+@routes.get(paths.OPERATIONS)
 async def list_operations(request: web.Request) -> web.Response:
     ops = request.app[ENGINE].registry.operations
     return json_response({"data": [op.describe() for op in ops]})

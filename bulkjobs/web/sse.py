@@ -32,7 +32,7 @@ from aiohttp import web
 from aiohttp.http import StreamWriter
 from aiohttp_sse import EventSourceResponse
 
-from .. import jsonutil
+from .. import jsonutil, paths
 from ..errors import BulkJobsError
 from ..models import Job, JobStatus
 from ..parsing import ascii_uint
@@ -45,7 +45,7 @@ from .representation import job_json
 routes = web.RouteTableDef()
 
 
-@routes.get("/bulk-jobs/{job_id}/events")
+@routes.get(paths.JOB_EVENTS)
 async def job_events(request: web.Request) -> web.StreamResponse:
     """Stream the job's events; 204 when a resumed stream of a finished job has nothing new."""
     engine = request.app[ENGINE]
@@ -75,7 +75,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
 SNAPSHOT_MAX_JOBS = 500
 
 
-@routes.get("/events")
+@routes.get(paths.EVENTS)
 async def tenant_events(request: web.Request) -> web.StreamResponse:
     """Stream created, progress and status events of every job of the caller's tenant."""
     engine = request.app[ENGINE]

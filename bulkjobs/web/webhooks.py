@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import paths
 from ..models import format_ts
 from ..outbox import DeliveryAttempt, MessageStatus, WebhookSubscription
 from ..service.jobs import decode_cursor, encode_cursor
@@ -60,7 +61,7 @@ def _href(request: web.Request, job_id: str) -> str:
     return f"{request.app[SETTINGS].base_path}/bulk-jobs/{job_id}/webhook-deliveries"
 
 
-@routes.get("/bulk-jobs/{job_id}/webhook-deliveries")
+@routes.get(paths.JOB_DELIVERIES)
 async def list_deliveries(request: web.Request) -> web.Response:
     """The job's webhook messages, oldest first, each with all its attempts."""
     service = request.app[SERVICE]
@@ -81,7 +82,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     return json_response(body, headers=headers)
 
 
-@routes.post("/bulk-jobs/{job_id}/webhook-deliveries/{msg_id}/redeliver")
+@routes.post(paths.JOB_REDELIVER)
 async def redeliver(request: web.Request) -> web.Response:
     """Send a message again now, with the same `webhook-id`: 202 and the message."""
     service = request.app[SERVICE]
