@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: serve test lint format bench catalog chaos clean
+.PHONY: serve test lint format bench catalog chaos fuzz clean
 
 # `make serve` installs only what the service needs; the test tools (Playwright,
 # schemathesis, mypy, ...) come with the first `make test`.
@@ -39,6 +39,11 @@ format: $(DEV_STAMP)
 ## bench: the benchmarks of benchmarks/ (prints medians; takes a few minutes)
 bench: $(RUN_STAMP)
 	$(BIN)/python benchmarks/bench_core.py
+
+## fuzz: raw-request and schemathesis fuzzing at volume (>= 10,000 requests; ~5 min)
+fuzz: $(DEV_STAMP)
+	BULKJOBS_FUZZ_EXAMPLES=2500 BULKJOBS_FUZZ_SCHEMA_EXAMPLES=150 $(BIN)/python -m pytest \
+		-p no:cacheprovider -s -q tests/test_faults_fuzz.py tests/test_schemathesis.py
 
 ## chaos: kill -9 a real server 100 times under mixed load and check nothing is lost (~5 min; KILLS=, SEED=)
 chaos: $(DEV_STAMP)

@@ -28,9 +28,9 @@ from hypothesis import strategies as st
 from tests.fault_support import FORBIDDEN
 from tests.serverproc import ROOT, free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
-
-MAX_EXAMPLES = 200
+#: `make fuzz` raises these (BULKJOBS_FUZZ_EXAMPLES); `make test` keeps a short run.
+MAX_EXAMPLES = int(os.environ.get("BULKJOBS_FUZZ_EXAMPLES", "200"))
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180 + MAX_EXAMPLES // 4)]
 SETTINGS = settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,

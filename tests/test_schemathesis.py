@@ -21,7 +21,9 @@ from tests.serverproc import ROOT, free_port
 schemathesis = pytest.importorskip("schemathesis")
 hypothesis = pytest.importorskip("hypothesis")
 
-MAX_EXAMPLES = 10
+#: Examples per operation; `make fuzz` raises it (BULKJOBS_FUZZ_SCHEMA_EXAMPLES).
+MAX_EXAMPLES = int(os.environ.get("BULKJOBS_FUZZ_SCHEMA_EXAMPLES", "10"))
+SENT: list[int] = [0]  # requests sent, reported at the end
 #: What the contract promises: no 5xx, and statuses, media types, bodies and headers as
 #: documented. (`positive_data_acceptance` is left out on purpose: item types may carry
 #: validators, e.g. bounds, that their JSON Schema does not express.)
@@ -46,7 +48,9 @@ def server(tmp_path: Path) -> Iterator[str]:
     cmd = [sys.executable, "-m", "bulkjobs", "serve", "--port", str(port)]
     cmd += ["--db", str(tmp_path / "st.sqlite3"), "--shutdown-grace-s", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "server.log"
+    with log.open("wb") as err:  # a file, not a pipe: a long run would fill a pipe
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, url)
@@ -54,8 +58,9 @@ def server(tmp_path: Path) -> Iterator[str]:
     finally:
         proc.kill()
         proc.wait(timeout=10)
-        assert proc.stderr is not None
-        proc.stderr.close()
+    text = log.read_text(errors="replace")
+    print(f"schemathesis: {SENT[0]} requests")
+    assert "Traceback" not in text, text[text.index("Traceback") :][:2000]
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], url: str) -> None:
@@ -94,6 +99,7 @@ def _exercise(operation: Any, base_url: str) -> list[str]:
     @settings
     @hypothesis.given(case=operation.as_strategy())
     def run(case: Any) -> None:
+        SENT[0] += 1
         try:
             case.call_and_validate(base_url=base_url, timeout=10, checks=CHECKS)
         except Exception as exc:
