@@ -33,7 +33,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .. import jsonutil
 from ..models import ItemOutcome, WorkItem
@@ -115,10 +115,9 @@ class Executor:
             raise
 
     async def _run_item(self, run: LeaseRun, op: Operation, item: WorkItem) -> ItemOutcome:
-        try:
-            value = op.validator.structure(jsonutil.loads(item.payload_json))
-        except Exception as exc:
-            return _failed_row(run, item, ItemFailed("invalid_item", str(exc)), 1)
+        value = _structure(run, op, item)
+        if isinstance(value, _Invalid):
+            return value.row
         attempt = 0
         while True:
             attempt += 1
@@ -135,10 +134,11 @@ class Executor:
         rows: list[ItemOutcome] = []
         good: list[tuple[WorkItem, Any]] = []
         for item in chunk:
-            try:
-                good.append((item, op.validator.structure(jsonutil.loads(item.payload_json))))
-            except Exception as exc:
-                rows.append(_failed_row(run, item, ItemFailed("invalid_item", str(exc)), 1))
+            value = _structure(run, op, item)
+            if isinstance(value, _Invalid):
+                rows.append(value.row)
+            else:
+                good.append((item, value))
         attempt = 0
         while good and not run.stopping:
             attempt += 1
@@ -208,13 +208,26 @@ def _run_items_sync(
     return rows
 
 
+class _Invalid(NamedTuple):
+    """A payload the operation's item type refuses (its type changed since intake)."""
+
+    row: ItemOutcome
+
+
+def _structure(run: LeaseRun, op: Operation, item: WorkItem) -> Any:
+    """The item's value for the handler, or `_Invalid` with its `invalid_item` outcome."""
+    try:
+        return op.validator.structure(jsonutil.loads(item.payload_json))
+    except Exception as exc:
+        return _Invalid(_failed_row(run, item, ItemFailed("invalid_item", str(exc)), 1))
+
+
 def _run_item_sync(
     run: LeaseRun, op: Operation, item: WorkItem, abandoned: threading.Event
 ) -> ItemOutcome:
-    try:
-        value = op.validator.structure(jsonutil.loads(item.payload_json))
-    except Exception as exc:
-        return _failed_row(run, item, ItemFailed("invalid_item", str(exc)), 1)
+    value = _structure(run, op, item)
+    if isinstance(value, _Invalid):
+        return value.row
     attempt = 0
     while True:
         attempt += 1

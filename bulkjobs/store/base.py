@@ -216,7 +216,10 @@ class Store(Protocol):
         """A keyset page of item outcomes in request order."""
         ...
 
-    async def stats(self, tenant: str | None = None) -> StoreStats: ...
+    async def stats(self, tenant: str | None = None) -> StoreStats:
+        """Counts for admission (with a tenant) or for metrics (without; then also the
+        webhook messages by state)."""
+        ...
 
     async def remove_job(self, job: Job, reason: str, now: datetime, keep_until: datetime) -> None:
         """Delete a terminal job row, leave a tombstone and queue its items for purging."""

@@ -409,7 +409,8 @@ class PostgresStore:
         active = [r for r in rows if r[0] in ("pending", "running")]
         return StoreStats(
             jobs_by_status={r[0]: r[1] for r in rows},
-            webhooks_by_status=await self._outbox.count_by_status(),
+            # metrics only: a submit (with a tenant) does not scan the whole outbox
+            webhooks_by_status=await self._outbox.count_by_status() if tenant is None else {},
             backlog_items=int(sum(r[2] or 0 for r in active)),
             tenant_active_jobs=sum(r[3] or 0 for r in active),
             tenant_backlog_items=int(sum(r[4] or 0 for r in active)),
