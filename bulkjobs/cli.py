@@ -4,6 +4,7 @@ and `results` are the client (bulkjobs.client.cli)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import ipaddress
 import logging
@@ -174,15 +175,22 @@ def serve(args: argparse.Namespace) -> int:
     # of the cyclic GC's full collections, which otherwise stall the loop 20-30 ms each,
     # several times during a big job (most of a poll's p99 latency).
     gc.freeze()
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_grace_s,
-        access_log=logging.getLogger("bulkjobs.access") if settings.access_log else None,
-        access_log_class=AccessLogger,
-        print=lambda msg: log.info("%s", msg.strip()),
-    )
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            shutdown_timeout=settings.shutdown_grace_s,
+            access_log=logging.getLogger("bulkjobs.access") if settings.access_log else None,
+            access_log_class=AccessLogger,
+            print=lambda msg: log.info("%s", msg.strip()),
+        )
+    except OSError as exc:  # the address is taken, or not ours to bind: one line, no trace
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        where = f"{settings.host}:{settings.port}"
+        print(f"bulkjobs: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from typing import Any
 
@@ -91,7 +92,18 @@ def _from_http(request: web.Request, exc: web.HTTPException) -> web.Response:
         if exc.text and not exc.text.startswith(str(exc.status))
         else CATALOG[code].description
     )
+    if exc.status == 404:
+        detail = _not_found_detail(request, detail)
     headers = {}
     if exc.status == 405 and "Allow" in exc.headers:
         headers["Allow"] = exc.headers["Allow"]
     return problem_response(request, code, detail, headers=headers)
+
+
+def _not_found_detail(request: web.Request, detail: str) -> str:
+    """Name the nearest route when a path looks like a typo of one (`/bulk-job`)."""
+    templates = {
+        r.canonical for r in request.app.router.resources() if not r.canonical.endswith("}")
+    }
+    near = difflib.get_close_matches(request.path, templates, n=1, cutoff=0.75)
+    return f"{detail} Did you mean {near[0]}?" if near else detail
