@@ -24,6 +24,7 @@ hypothesis = pytest.importorskip("hypothesis")
 #: Examples per operation; `make fuzz` raises it (BULKJOBS_FUZZ_SCHEMA_EXAMPLES).
 MAX_EXAMPLES = int(os.environ.get("BULKJOBS_FUZZ_SCHEMA_EXAMPLES", "10"))
 SENT: list[int] = [0]  # requests sent, reported at the end
+pytestmark = pytest.mark.timeout(120 + 4 * MAX_EXAMPLES)
 #: What the contract promises: no 5xx, and statuses, media types, bodies and headers as
 #: documented. (`positive_data_acceptance` is left out on purpose: item types may carry
 #: validators, e.g. bounds, that their JSON Schema does not express.)
