@@ -24,7 +24,6 @@ hypothesis = pytest.importorskip("hypothesis")
 #: Examples per operation; `make fuzz` raises it (BULKJOBS_FUZZ_SCHEMA_EXAMPLES).
 MAX_EXAMPLES = int(os.environ.get("BULKJOBS_FUZZ_SCHEMA_EXAMPLES", "10"))
 SENT: list[int] = [0]  # requests sent, reported at the end
-pytestmark = pytest.mark.timeout(120 + 4 * MAX_EXAMPLES)
 #: What the contract promises: no 5xx, and statuses, media types, bodies and headers as
 #: documented. (`positive_data_acceptance` is left out on purpose: item types may carry
 #: validators, e.g. bounds, that their JSON Schema does not express.)
@@ -35,7 +34,7 @@ CHECKS = [
     schemathesis.checks.response_schema_conformance,
     schemathesis.checks.response_headers_conformance,
 ]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120 + 4 * MAX_EXAMPLES)]
 
 
 def _get(url: str) -> bytes:
