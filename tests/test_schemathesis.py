@@ -34,7 +34,7 @@ CHECKS = [
     schemathesis.checks.response_schema_conformance,
     schemathesis.checks.response_headers_conformance,
 ]
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(120 + 4 * MAX_EXAMPLES)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120 + 12 * MAX_EXAMPLES)]
 
 
 def _get(url: str) -> bytes:
