@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -27,7 +27,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from .. import failpoints, states
 from ..models import ItemRow, ItemStatus, Job, JobError, JobStatus
-from ..outbox import AttemptRecord, Deliveries, Due, OutboxRule
+from ..outbox import OutboxRule
 from . import postgres_work as work
 from .base import (
     Beat,
@@ -38,13 +38,13 @@ from .base import (
     JobFilter,
     JobLookup,
     Lease,
-    Maintenance,
     NewJob,
     OperationLimits,
     Settled,
     StoreStats,
     Tombstone,
 )
+from .common import BackendBase
 from .postgres_schema import MIGRATION_LOCK, MIGRATIONS
 from .postgres_webhooks import PostgresWebhooks
 from .postgres_work import Conn
@@ -72,7 +72,7 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
-class PostgresStore:
+class PostgresStore(BackendBase[PostgresWebhooks]):
     """The shared store: one database, any number of bulkjobs processes."""
 
     def __init__(
@@ -417,41 +417,11 @@ class PostgresStore:
             tenant_stored_items=int(sum(r[5] or 0 for r in rows)),
         )
 
-    # -- the webhook outbox (WebhookStore) --------------------------------------
-
-    async def due(
-        self, now: datetime, *, after: tuple[int, int] | None, limit: int, upcoming: int = 0
-    ) -> Due:
-        return await self._outbox.due(now, after=after, limit=limit, upcoming=upcoming)
-
-    async def record(self, message_pk: int, rec: AttemptRecord) -> None:
-        await self._outbox.record(message_pk, rec)
-
-    async def deliveries(
-        self, job_pk: int, *, after_pk: int, limit: int, message_id: str | None = None
-    ) -> Deliveries:
-        return await self._outbox.deliveries(
-            job_pk, after_pk=after_pk, limit=limit, message_id=message_id
-        )
-
-    async def redeliver(self, job_pk: int, message_id: str, now: datetime) -> bool:
-        return await self._outbox.redeliver(job_pk, message_id, now)
-
     # -- removal and maintenance ---------------------------------------------
 
     async def remove_job(self, job: Job, reason: str, now: datetime, keep_until: datetime) -> None:
         async with self._txn() as db:
             await _remove(db, job, reason, now, keep_until)
-
-    async def maintain(
-        self, now: datetime, *, expire_jobs: int, purge_items: int, keep_s: int
-    ) -> Maintenance:
-        expired: list[Job] = []
-        if expire_jobs:
-            expired = await self._expire(now, expire_jobs, now + timedelta(seconds=keep_s))
-        purged = await self._purge_step(purge_items) if purge_items else 0
-        swept = await self._sweep(now) if expire_jobs else 0
-        return Maintenance(expired, purged, swept)
 
     async def _expire(self, now: datetime, limit: int, keep_until: datetime) -> list[Job]:
         """Expire jobs; other processes' janitors skip the rows this one is removing."""

@@ -14,14 +14,14 @@ import logging
 import os
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import IO, Any
 
 import aiosqlite
 
 from .. import failpoints, jsonutil, states
 from ..models import ItemRow, ItemStatus, Job, JobError, JobStatus, NewItems
-from ..outbox import AttemptRecord, Deliveries, Due, NewWebhook, OutboxRule
+from ..outbox import NewWebhook, OutboxRule
 from . import sqlite_work as work
 from .base import (
     Beat,
@@ -32,13 +32,13 @@ from .base import (
     JobFilter,
     JobLookup,
     Lease,
-    Maintenance,
     NewJob,
     OperationLimits,
     Settled,
     StoreStats,
     Tombstone,
 )
+from .common import BackendBase
 from .reader import Reader
 from .rows import JOB_COLS, job_from_row
 from .schema import MIGRATIONS
@@ -54,7 +54,7 @@ class StoreLocked(RuntimeError):
     """Another process owns this SQLite file."""
 
 
-class SQLiteStore:
+class SQLiteStore(BackendBase[SQLiteWebhooks]):
     """The embedded store: one file owned by one process, WAL, one writer connection."""
 
     def __init__(
@@ -403,42 +403,12 @@ class SQLiteStore:
             tenant_stored_items=sum(r[5] or 0 for r in rows),
         )
 
-    # -- the webhook outbox (WebhookStore) --------------------------------------
-
-    async def due(
-        self, now: datetime, *, after: tuple[int, int] | None, limit: int, upcoming: int = 0
-    ) -> Due:
-        return await self._outbox.due(now, after=after, limit=limit, upcoming=upcoming)
-
-    async def record(self, message_pk: int, rec: AttemptRecord) -> None:
-        await self._outbox.record(message_pk, rec)
-
-    async def deliveries(
-        self, job_pk: int, *, after_pk: int, limit: int, message_id: str | None = None
-    ) -> Deliveries:
-        return await self._outbox.deliveries(
-            job_pk, after_pk=after_pk, limit=limit, message_id=message_id
-        )
-
-    async def redeliver(self, job_pk: int, message_id: str, now: datetime) -> bool:
-        return await self._outbox.redeliver(job_pk, message_id, now)
-
     # -- removal and maintenance ---------------------------------------------
 
     async def remove_job(self, job: Job, reason: str, now: datetime, keep_until: datetime) -> None:
         """Delete the job row, leave a tombstone and queue its items, in one transaction."""
         async with self._txn() as db:
             await _remove(db, job, reason, now, keep_until)
-
-    async def maintain(
-        self, now: datetime, *, expire_jobs: int, purge_items: int, keep_s: int
-    ) -> Maintenance:
-        expired: list[Job] = []
-        if expire_jobs:
-            expired = await self._expire(now, expire_jobs, now + timedelta(seconds=keep_s))
-        purged = await self._purge_step(purge_items) if purge_items else 0
-        swept = await self._sweep(now) if expire_jobs else 0
-        return Maintenance(expired, purged, swept)
 
     async def _expire(self, now: datetime, limit: int, keep_until: datetime) -> list[Job]:
         sql = (

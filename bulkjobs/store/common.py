@@ -1,0 +1,61 @@
+"""What every backend does the same way: the webhook outbox's methods (served by the
+backend's outbox object) and the shape of a maintenance pass."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Generic, TypeVar
+
+from ..models import Job
+from ..outbox import AttemptRecord, Deliveries, Due
+from .base import Maintenance, WebhookStore
+
+OutboxT = TypeVar("OutboxT", bound=WebhookStore)
+
+
+class BackendBase(Generic[OutboxT]):
+    """Shared by `SQLiteStore` and `PostgresStore`; each sets `_outbox` and implements
+    the three maintenance steps in its own dialect."""
+
+    _outbox: OutboxT
+
+    # -- the webhook outbox (WebhookStore) --------------------------------------
+
+    async def due(
+        self, now: datetime, *, after: tuple[int, int] | None, limit: int, upcoming: int = 0
+    ) -> Due:
+        return await self._outbox.due(now, after=after, limit=limit, upcoming=upcoming)
+
+    async def record(self, message_pk: int, rec: AttemptRecord) -> None:
+        await self._outbox.record(message_pk, rec)
+
+    async def deliveries(
+        self, job_pk: int, *, after_pk: int, limit: int, message_id: str | None = None
+    ) -> Deliveries:
+        return await self._outbox.deliveries(
+            job_pk, after_pk=after_pk, limit=limit, message_id=message_id
+        )
+
+    async def redeliver(self, job_pk: int, message_id: str, now: datetime) -> bool:
+        return await self._outbox.redeliver(job_pk, message_id, now)
+
+    # -- maintenance -------------------------------------------------------------
+
+    async def maintain(
+        self, now: datetime, *, expire_jobs: int, purge_items: int, keep_s: int
+    ) -> Maintenance:
+        expired: list[Job] = []
+        if expire_jobs:
+            expired = await self._expire(now, expire_jobs, now + timedelta(seconds=keep_s))
+        purged = await self._purge_step(purge_items) if purge_items else 0
+        swept = await self._sweep(now) if expire_jobs else 0
+        return Maintenance(expired, purged, swept)
+
+    async def _expire(self, now: datetime, limit: int, keep_until: datetime) -> list[Job]:
+        raise NotImplementedError
+
+    async def _purge_step(self, batch: int) -> int:
+        raise NotImplementedError
+
+    async def _sweep(self, now: datetime) -> int:
+        raise NotImplementedError
