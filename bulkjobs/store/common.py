@@ -6,9 +6,28 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
-from ..models import Job
+import attrs
+
+from ..models import Job, JobError
 from ..outbox import AttemptRecord, Deliveries, Due
 from .base import Maintenance, WebhookStore
+
+
+@attrs.frozen
+class Span:
+    """A lease taken inside a transaction; its items are read after the commit."""
+
+    lease_pk: int
+    job: Job
+    first: int
+    last: int
+
+
+def threshold_error(job: Job) -> JobError:
+    """Why a job stops when more items failed than its threshold allows."""
+    msg = f"{job.failed} items failed, more than the threshold of {job.max_failed} for the job"
+    return JobError("failure_threshold_exceeded", msg)
+
 
 OutboxT = TypeVar("OutboxT", bound=WebhookStore)
 

@@ -44,7 +44,7 @@ from .base import (
     StoreStats,
     Tombstone,
 )
-from .common import BackendBase
+from .common import BackendBase, Span
 from .postgres_schema import MIGRATION_LOCK, MIGRATIONS
 from .postgres_webhooks import PostgresWebhooks
 from .postgres_work import Conn
@@ -234,7 +234,7 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
         settled: list[Job] = []
         for _ in range(8):  # a few jobs settled on the way, then let others write
             got = await self._retrying(lambda: self._lease(owner, limits, lease_s, now))
-            if not isinstance(got, work.Span):
+            if not isinstance(got, Span):
                 settled.extend([got] if got is not None else [])
                 if got is None:
                     break
@@ -249,7 +249,7 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
 
     async def _lease(
         self, owner: str, limits: Mapping[str, OperationLimits], lease_s: float, now: datetime
-    ) -> work.Span | Job | None:
+    ) -> Span | Job | None:
         now_ms = to_ms(now)
         async with self._txn() as db:
             clock_ms = await self._lease_now_ms(db, now)

@@ -15,11 +15,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import attrs
-
 from .. import states
 from ..models import Job, JobError, JobStatus, WorkItem
 from .base import ChunkResult, OperationLimits
+from .common import Span, threshold_error
 from .rows import JOB_COLS, job_from_row
 
 logger = logging.getLogger(__name__)
@@ -109,16 +108,6 @@ async def claimable_ops(db: Conn, limits: Mapping[str, OperationLimits]) -> list
     )
     out = {r["op"]: r["n"] for r in rows}
     return free + [op for op in limited if op in out and out[op] < (limits[op].concurrency or 0)]
-
-
-@attrs.frozen
-class Span:
-    """A lease taken inside a transaction; its items are read after the commit."""
-
-    lease_pk: int
-    job: Job
-    first: int
-    last: int
 
 
 async def reclaim_expired(
@@ -232,7 +221,7 @@ async def settle(db: Conn, job: Job, now_ms: int) -> Job:
     if job.is_terminal:
         return job
     if job.max_failed is not None and job.failed > job.max_failed and not job.stop_requested:
-        job = await request_stop(db, job, JobStatus.FAILED, now_ms, _threshold_error(job))
+        job = await request_stop(db, job, JobStatus.FAILED, now_ms, threshold_error(job))
     row = await db.fetchrow(
         "SELECT EXISTS (SELECT 1 FROM leases WHERE job_pk = $1), next_idx FROM jobs WHERE pk = $1",
         job.pk,
@@ -253,11 +242,6 @@ async def settle(db: Conn, job: Job, now_ms: int) -> Job:
             await db.execute("UPDATE jobs SET next_idx = $1 WHERE pk = $2", first, job.pk)
             return job
     return await finish(db, job, JobStatus.COMPLETED, now_ms)
-
-
-def _threshold_error(job: Job) -> JobError:
-    msg = f"{job.failed} items failed, more than the threshold of {job.max_failed} for the job"
-    return JobError("failure_threshold_exceeded", msg)
 
 
 async def request_stop(

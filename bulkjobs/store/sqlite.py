@@ -38,7 +38,7 @@ from .base import (
     StoreStats,
     Tombstone,
 )
-from .common import BackendBase
+from .common import BackendBase, Span
 from .reader import Reader
 from .rows import JOB_COLS, job_from_row
 from .schema import MIGRATIONS
@@ -217,7 +217,7 @@ class SQLiteStore(BackendBase[SQLiteWebhooks]):
         settled: list[Job] = []
         for _ in range(8):  # a few jobs settled on the way, then let others write
             got = await self._lease(owner, limits, lease_s, now)
-            if not isinstance(got, work.Span):
+            if not isinstance(got, Span):
                 settled.extend([got] if got is not None else [])
                 if got is None:
                     break
@@ -233,7 +233,7 @@ class SQLiteStore(BackendBase[SQLiteWebhooks]):
 
     async def _lease(
         self, owner: str, limits: Mapping[str, OperationLimits], lease_s: float, now: datetime
-    ) -> work.Span | Job | None:
+    ) -> Span | Job | None:
         """A span leased to `owner`; or a job settled because it had nothing left to
         lease; or None when nothing is claimable."""
         now_ms = to_ms(now)

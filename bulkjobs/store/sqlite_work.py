@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiosqlite
-import attrs
 
 from .. import jsonutil, states
 from ..models import ItemOutcome, Job, JobError, JobStatus, WorkItem
 from .base import ChunkResult, OperationLimits
+from .common import Span, threshold_error
 from .rows import JOB_COLS, job_from_row
 
 logger = logging.getLogger(__name__)
@@ -93,16 +93,6 @@ def claimable_ops(limits: Mapping[str, OperationLimits], out: Mapping[str, int])
 async def leases_by_operation(db: aiosqlite.Connection) -> dict[str, int]:
     found = await rows(db, "SELECT operation, count(*) FROM leases GROUP BY operation")
     return {r[0]: r[1] for r in found}
-
-
-@attrs.frozen
-class Span:
-    """A lease taken inside a transaction; its items are read after the commit."""
-
-    lease_pk: int
-    job: Job
-    first: int
-    last: int
 
 
 async def reclaim_expired(
@@ -221,7 +211,7 @@ async def settle(db: aiosqlite.Connection, job: Job, now_ms: int) -> Job:
     if job.is_terminal:
         return job
     if job.max_failed is not None and job.failed > job.max_failed and not job.stop_requested:
-        job = await request_stop(db, job, JobStatus.FAILED, now_ms, _threshold_error(job))
+        job = await request_stop(db, job, JobStatus.FAILED, now_ms, threshold_error(job))
     leased, frontier = await one(db, _LEASED_AND_FRONTIER, {"pk": job.pk})
     if leased:
         return job
@@ -238,11 +228,6 @@ async def settle(db: aiosqlite.Connection, job: Job, now_ms: int) -> Job:
             await db.execute("UPDATE jobs SET next_idx = ? WHERE pk = ?", (first[0], job.pk))
             return job
     return await finish(db, job, JobStatus.COMPLETED, now_ms)
-
-
-def _threshold_error(job: Job) -> JobError:
-    msg = f"{job.failed} items failed, more than the threshold of {job.max_failed} for the job"
-    return JobError("failure_threshold_exceeded", msg)
 
 
 async def request_stop(
