@@ -4,8 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
+DIST_STAMP := $(VENV)/.installed-dist
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: serve test lint format bench catalog chaos fuzz clean
+.PHONY: serve test lint format bench catalog chaos fuzz dist clean
 
 # `make serve` installs only what the service needs; the test tools (Playwright,
 # schemathesis, mypy, ...) come with the first `make test`.
@@ -36,9 +38,13 @@ format: $(DEV_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## bench: the benchmarks of benchmarks/ (prints medians; takes a few minutes)
-bench: $(RUN_STAMP)
-	$(BIN)/python benchmarks/bench_core.py
+## bench: every benchmark of benchmarks/ as one table of medians (~10 min; QUICK=1 for a smoke run)
+$(BENCH_STAMP): $(RUN_STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/bench_all.py $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 ## fuzz: raw-request fuzzing at volume (10,000 requests) plus schemathesis (~5 min)
 fuzz: $(DEV_STAMP)
@@ -52,6 +58,14 @@ chaos: $(DEV_STAMP)
 ## catalog: regenerate the README's error catalog from bulkjobs/errors.py
 catalog: $(DEV_STAMP)
 	$(BIN)/python scripts/gen_error_catalog.py
+
+$(DIST_STAMP): $(RUN_STAMP)
+	$(BIN)/python -m pip install -q -e '.[dist]'
+	touch $(DIST_STAMP)
+
+## dist: build dist/bulkjobs, one executable that needs no Python on the host (APP=myapp.ops bundles your --app module)
+dist: $(DIST_STAMP)
+	$(BIN)/python scripts/build_dist.py $(if $(APP),--app $(APP))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import random
 import socket
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +59,21 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def running_server(*args: str, workers: int = 4) -> AsyncIterator[Server]:
-    """Start a server, wait until ready, and always kill it (by PID) at the end."""
+async def running_server(
+    *args: str, workers: int = 4, env: dict[str, str] | None = None
+) -> AsyncIterator[Server]:
+    """Start a server, wait until ready, and always kill it (by PID) at the end.
+
+    benchmarks/ is on its PYTHONPATH, so `--app lagprobe:registry` loads the probe."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bulkjobs-bench-") as tmp:
         db = os.path.join(tmp, "bench.sqlite3")
         cmd = [sys.executable, "-m", "bulkjobs", "serve", "--port", str(port), "--db", db]
         cmd += ["--workers", str(workers), "--log-level", "WARNING", *args]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        proc = await asyncio.create_subprocess_exec(*cmd, env=env)
+        path = os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, env={**os.environ, **(env or {}), "PYTHONPATH": path}
+        )
         server = Server(proc, f"http://127.0.0.1:{port}", db)
         try:
             await _wait_ready(server)
@@ -87,14 +96,42 @@ async def _wait_ready(server: Server, timeout_s: float = 30) -> None:
 
 def job_body(operation: str, n: int, item: dict[str, Any] | None = None) -> bytes:
     """A JSON body of n items, built as bytes once (the client is not being measured)."""
-    one = (item and __import__("json").dumps(item)) or "{}"
-    return (
-        b'{"operation": "'
-        + operation.encode()
-        + b'", "items": ['
-        + b",".join([one.encode()] * n)
-        + b"]}"
+    one = (item and json.dumps(item)) or "{}"
+    return items_body(operation, [one.encode()] * n)
+
+
+def items_body(operation: str, items: list[bytes]) -> bytes:
+    """A JSON body of already-encoded items."""
+    return b'{"operation": "' + operation.encode() + b'", "items": [' + b",".join(items) + b"]}"
+
+
+ORDER_STATUSES = ("pending", "paid", "shipped", "delivered", "cancelled")
+
+
+def order_updates(n: int, seed: int = 15) -> list[tuple[str, str]]:
+    """The `update_orders_status` workload: n (order id, status) pairs, mixed statuses
+    over the demo's ord_1 ... ord_1000 (so some moves are legal, some are not)."""
+    rng = random.Random(seed)
+    return [(f"ord_{rng.randint(1, 1000)}", rng.choice(ORDER_STATUSES)) for _ in range(n)]
+
+
+def orders_body(n: int) -> bytes:
+    return items_body(
+        "update_orders_status",
+        [json.dumps({"id": i, "status": s}).encode() for i, s in order_updates(n)],
     )
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of an already sorted list (nearest rank)."""
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
+
+
+def ts(value: str) -> float:
+    """Epoch seconds of an RFC 3339 timestamp of the API."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 async def post_job(http: aiohttp.ClientSession, url: str, body: bytes) -> tuple[float, str]:
