@@ -10,11 +10,13 @@ import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
 from .client import cli as client_cli
 from .config import ENV_PREFIX, Settings, flag_of
+from .version import VersionAction
 
 #: (flag, settings field, help) of every `serve` flag, from the settings' own fields
 SERVE_FLAGS: list[tuple[str, str, str]] = [
@@ -41,7 +43,7 @@ def is_loopback(host: str) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bulkjobs", description="Bulk operations as jobs.")
-    parser.add_argument("--version", action="version", version=client_cli.version_text())
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
         "serve",
@@ -77,8 +79,39 @@ def build_parser() -> argparse.ArgumentParser:
         " the tenant). Without API keys the server secrets themselves sign.",
     )
     whsec.add_argument("tenant", help="tenant name, as in the API keys file")
+    _add_backup_parser(sub)
     client_cli.add_commands(sub)  # submit, watch, status, list, items, results, cancel, ...
     return parser
+
+
+def _add_backup_parser(sub: Any) -> None:
+    backup = sub.add_parser(
+        "backup",
+        help="copy the SQLite database, safely while `serve` runs",
+        description="Online backup of the SQLite database with SQLite's backup API: safe"
+        " while `bulkjobs serve` writes to it. The copy is checked (PRAGMA integrity_check)"
+        " before it replaces DEST. PostgreSQL: use pg_dump.",
+    )
+    backup.add_argument("dest", help="file to write, or a folder (a timestamped file in it)")
+    backup.add_argument(
+        "--db",
+        dest="db_path",
+        default=None,
+        help=f"the database to copy (env {ENV_PREFIX}DB_PATH, default {Settings().db_path!r})",
+    )
+
+
+def backup(args: argparse.Namespace) -> int:
+    from .store.backup import BackupError, run_backup
+
+    try:
+        source = args.db_path or Settings.from_env().db_path
+        report = run_backup(source, args.dest)
+    except (BackupError, ValueError) as exc:
+        print(f"bulkjobs: {exc}", file=sys.stderr)
+        return 2
+    print(report.describe())
+    return 0
 
 
 def flags_markdown() -> str:
@@ -202,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return keygen(args)
     if args.command == "webhook-secret":
         return webhook_secret(args)
+    if args.command == "backup":
+        return backup(args)
     return client_cli.run(args)
 
 
