@@ -229,7 +229,8 @@ async def test_serves_postgres_with_the_bundled_driver(host: Path, pg_url: str) 
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
-    """examples/bulkjobs.service passes `systemd-analyze verify` and keeps its hardening."""
+    """examples/bulkjobs.service and the backup timer pass `systemd-analyze verify`, and
+    the service keeps its hardening."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         reason = "systemd-analyze is missing (apt-get install systemd): unit not verified"
@@ -249,16 +250,20 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     exe = tmp_path / "bulkjobs"  # verify checks that ExecStart's file exists
     exe.write_text("#!/bin/sh\n")
     exe.chmod(0o755)
-    unit = tmp_path / "bulkjobs.service"
-    unit.write_text(text.replace("/usr/local/bin/bulkjobs ", f"{exe} "))
+    units = ["bulkjobs.service", "bulkjobs-backup.service", "bulkjobs-backup.timer"]
+    for name in units:
+        unit = (ROOT / "examples" / name).read_text()
+        (tmp_path / name).write_text(unit.replace("/usr/local/bin/bulkjobs ", f"{exe} "))
     done = subprocess.run(
-        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert (done.returncode, done.stdout + done.stderr) == (0, "")
-    done = subprocess.run(
-        [analyze, "security", "--offline=yes", str(unit)],
+        [analyze, "verify", *(str(tmp_path / name) for name in units)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    exposure = re.search(r"Overall exposure level for bulkjobs.service: ([\d.]+)", done.stdout)
-    assert exposure is not None, done.stdout + done.stderr
-    assert float(exposure.group(1)) <= 2.0, done.stdout  # systemd calls < 2 "OK"
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
+    for name in units[:2]:
+        done = subprocess.run(
+            [analyze, "security", "--offline=yes", str(tmp_path / name)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        exposure = re.search(rf"Overall exposure level for {name}: ([\d.]+)", done.stdout)
+        assert exposure is not None, done.stdout + done.stderr
+        assert float(exposure.group(1)) <= 2.0, done.stdout  # systemd calls < 2 "OK"
