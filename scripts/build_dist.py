@@ -30,7 +30,8 @@ EXCLUDE = ["tkinter", "pytest", "playwright", "hypothesis", "schemathesis", "myp
 
 
 def git_commit() -> str:
-    """The short hash of HEAD, or "unknown" outside a git checkout."""
+    """The short hash of HEAD, "-dirty" when tracked files differ from it; "unknown"
+    outside a git checkout."""
     try:
         done = subprocess.run(
             ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -38,9 +39,12 @@ def git_commit() -> str:
             text=True,
             check=True,
         )
+        changed = subprocess.run(
+            ["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--"], check=False
+        ).returncode
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return done.stdout.strip() or "unknown"
+    return (done.stdout.strip() or "unknown") + ("-dirty" if changed else "")
 
 
 def commit_epoch() -> str:
