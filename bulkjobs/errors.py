@@ -171,6 +171,14 @@ CATALOG: dict[str, ProblemType] = {
             " server takes no new jobs until it is restarted. `/readyz` names the loop.",
         ),
         ProblemType(
+            "store_unavailable",
+            503,
+            "Store unavailable",
+            "The database did not answer (restarting, unreachable, or out of connections);"
+            " nothing was changed by this request. Retry after `Retry-After`; `/readyz`"
+            " answers 503 meanwhile.",
+        ),
+        ProblemType(
             "webhook_message_not_found",
             404,
             "Webhook message not found",

@@ -8,6 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..store.postgres import ScaleStats
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120)
 _ROWS_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 
@@ -72,6 +74,52 @@ class Metrics:
         self.webhook_in_flight = Gauge(
             "bulkjobs_webhook_in_flight", "Webhook deliveries in progress.", registry=r
         )
+        self._init_scale_out()
+
+    # -- scale-out on PostgreSQL: the pool and the leases (set at each scrape) ------
+
+    def _init_scale_out(self) -> None:
+        r = self.registry
+        self.db_pool_connections = Gauge(
+            "bulkjobs_db_pool_connections",
+            "This process's database connections, by state (in_use, idle); PostgreSQL.",
+            ["state"],
+            registry=r,
+        )
+        self.db_pool_max = Gauge(
+            "bulkjobs_db_pool_max", "The cap of this process's connection pool.", registry=r
+        )
+        self.leases = Gauge(
+            "bulkjobs_leases",
+            "Leases in the database (every process's), by state (held, expired: not yet"
+            " taken over).",
+            ["state"],
+            registry=r,
+        )
+        self.lease_oldest_age = Gauge(
+            "bulkjobs_lease_oldest_age_seconds",
+            "Age of the oldest lease in the database since it was granted.",
+            registry=r,
+        )
+        self.leases_reclaimed = Counter(
+            "bulkjobs_leases_reclaimed",
+            "Expired leases this process took over (their owner stopped renewing them).",
+            registry=r,
+        )
+        self._reclaimed_seen = 0
+
+    def observe_scale_out(self, stats: ScaleStats) -> None:
+        """Set the pool and lease metrics from a `PostgresStore.scale_stats()`."""
+        self.db_pool_connections.labels("in_use").set(stats.pool_size - stats.pool_idle)
+        self.db_pool_connections.labels("idle").set(stats.pool_idle)
+        self.db_pool_max.set(stats.pool_max)
+        self.leases.labels("held").set(stats.leases - stats.leases_expired)
+        self.leases.labels("expired").set(stats.leases_expired)
+        self.lease_oldest_age.set(stats.oldest_lease_s)
+        grew = stats.leases_reclaimed - self._reclaimed_seen
+        if grew > 0:
+            self.leases_reclaimed.inc(grew)
+            self._reclaimed_seen = stats.leases_reclaimed
 
     def watch_webhooks(self, stats: object) -> None:
         """Export the dispatcher's cumulative attempt counts (read at each scrape)."""

@@ -244,6 +244,12 @@ class WebhookStore(Protocol):
         `upcoming`, also (pk, due time) of that many earliest pending messages."""
         ...
 
+    async def take(self, message_pk: int, now: datetime, lease_s: float) -> bool:
+        """Take a due message for one attempt: no other process sends it for `lease_s`
+        (unless this attempt is recorded first); False when it is no longer due (another
+        process took it, or it was recorded meanwhile)."""
+        ...
+
     async def record(self, message_pk: int, rec: AttemptRecord) -> None:
         """Store one delivery attempt and the message's new state."""
         ...

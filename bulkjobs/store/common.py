@@ -45,6 +45,9 @@ class BackendBase(Generic[OutboxT]):
     ) -> Due:
         return await self._outbox.due(now, after=after, limit=limit, upcoming=upcoming)
 
+    async def take(self, message_pk: int, now: datetime, lease_s: float) -> bool:
+        return await self._outbox.take(message_pk, now, lease_s)
+
     async def record(self, message_pk: int, rec: AttemptRecord) -> None:
         await self._outbox.record(message_pk, rec)
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
+import attrs
 
 from .. import failpoints, states
 from ..models import ItemRow, ItemStatus, Job, JobError, JobStatus
@@ -61,6 +62,30 @@ _DB_NOW_MS = "SELECT (extract(epoch FROM now()) * 1000)::bigint"
 
 LeaseClock = Literal["database", "caller"]
 
+#: Errors that mean "the database does not answer right now" (restarting, unreachable,
+#: out of connections), not a bug nor a bad request: requests get 503
+#: `store_unavailable`, loops retry. The pool drops a connection that broke (asyncpg
+#: checks `is_closed()` on acquire), so the next statement opens a new one.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable, DNS
+    TimeoutError,  # connect or statement timeout
+    asyncpg.PostgresConnectionError,  # class 08: connection lost or never made
+    asyncpg.exceptions.OperatorInterventionError,  # 57: shutdown, starting up, cancelled
+    asyncpg.exceptions.InsufficientResourcesError,  # 53: too many connections
+    asyncpg.InterfaceError,  # "connection is closed", "pool is closing"
+)
+
+#: Errors after which a pooled connection is not used again.
+_BROKEN: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
 
 def redact(url: str) -> str:
     """The URL with its password replaced by `***`, for logs and messages."""
@@ -70,6 +95,21 @@ def redact(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     user = netloc[0].split(":", 1)[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+@attrs.frozen
+class ScaleStats:
+    """What `/metrics` shows of a shared database: this process's pool (connections
+    open, idle, the cap) and every process's leases (held, expired and not yet taken
+    over, the age of the oldest since it was granted)."""
+
+    pool_max: int
+    pool_size: int
+    pool_idle: int
+    leases: int
+    leases_expired: int
+    oldest_lease_s: float
+    leases_reclaimed: int
 
 
 class PostgresStore(BackendBase[PostgresWebhooks]):
@@ -91,6 +131,8 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
         self._password = password or os.environ.get("BULKJOBS_DB_PASSWORD") or None
         self._pool: Any = None
         self._outbox = PostgresWebhooks(self._txn, self._conn, outbox_rule)
+        #: Expired leases this process took over (any owner's, its own included).
+        self.leases_reclaimed = 0
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact(self.url)!r})"
@@ -118,6 +160,25 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
             raise
         return bytes(secret)
 
+    async def scale_stats(self) -> ScaleStats:
+        """This process's pool and the database's leases, for `/metrics`."""
+        pool = self._pool
+        size, idle = (pool.get_size(), pool.get_idle_size()) if pool is not None else (0, 0)
+        async with self._conn() as db:
+            row = await db.fetchrow(
+                f"SELECT count(*), count(*) FILTER (WHERE expires_at <= ({_DB_NOW_MS})),"
+                f" coalesce(({_DB_NOW_MS}) - min(granted_at), 0) FROM leases"
+            )
+        return ScaleStats(
+            pool_max=self.pool_size,
+            pool_size=size,
+            pool_idle=idle,
+            leases=row[0],
+            leases_expired=row[1],
+            oldest_lease_s=max(0, row[2]) / 1000,
+            leases_reclaimed=self.leases_reclaimed,
+        )
+
     async def close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
@@ -144,10 +205,23 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[Conn]:
-        """A pooled connection for reads (each statement sees the latest commits)."""
-        assert self._pool is not None, "store is not open"
+        """A pooled connection for reads (each statement sees the latest commits).
+
+        A connection that failed as broken ones do (the server restarted or dropped it)
+        is closed before it goes back, so the pool opens a fresh one for the next
+        statement instead of handing out the dead one again.
+        """
+        if self._pool is None:
+            raise ConnectionError("the PostgreSQL store is not open (or is closing)")
         async with self._pool.acquire() as db:
-            yield db
+            try:
+                yield db
+            except _BROKEN as exc:
+                db.terminate()
+                if isinstance(exc, asyncpg.InternalClientError):
+                    # what a connection left half-way by a server shutdown raises
+                    raise ConnectionResetError(f"database connection broke: {exc}") from exc
+                raise
 
     @asynccontextmanager
     async def _txn(self) -> AsyncIterator[Conn]:
@@ -258,6 +332,7 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
             if not ops:
                 return None
             got = await work.reclaim_expired(db, owner, ops, clock_ms, expires_ms)
+            reclaimed = isinstance(got, Span)
             if got is None:
                 found = await work.next_job(db, ops)
                 if found is None:
@@ -270,6 +345,7 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
                 got = got if got is not None else await work.settle(db, job, now_ms)
             if isinstance(got, Job):
                 await self._outbox.enqueue_in(db, [got], now)
+        self.leases_reclaimed += reclaimed  # counted once committed
         return got
 
     async def complete(self, owner: str, results: Sequence[ChunkResult], now: datetime) -> Settled:

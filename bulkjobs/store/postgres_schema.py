@@ -135,4 +135,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE TABLE secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
         """,
     ),
+    (
+        # when a lease was granted (database clock), for the oldest-lease metric;
+        # a default, so the statements that insert leases need not name it
+        "0002_lease_granted_at",
+        """
+        ALTER TABLE leases ADD COLUMN granted_at BIGINT NOT NULL
+            DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+        """,
+    ),
 ]

@@ -155,6 +155,26 @@ class PostgresWebhooks:
                 soon = [(r[0], from_ms(r[1])) for r in rows]
         return Due(messages if limit else [], soon)
 
+    async def take(self, message_pk: int, now: datetime, lease_s: float) -> bool:
+        """Move the message's due time `lease_s` ahead, if it is still pending and due.
+
+        The row lock makes concurrent takers queue; the second re-checks the condition
+        after the first commits and finds the message no longer due, so each attempt is
+        made by one process. `record` sets the real next due time; a process that dies
+        before recording leaves the message due again when the lease ends (at least
+        once, never once per process).
+        """
+        now_ms = to_ms(now)
+        async with self._txn() as db:
+            done = await db.execute(
+                "UPDATE webhook_messages SET next_attempt_at = $1"
+                " WHERE pk = $2 AND status = 'pending' AND next_attempt_at <= $3",
+                now_ms + int(lease_s * 1000),
+                message_pk,
+                now_ms,
+            )
+        return count(done) == 1
+
     async def record(self, message_pk: int, rec: AttemptRecord) -> None:
         a = rec.attempt
         nxt = to_ms(a.next_attempt_at) if a.next_attempt_at else None

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..models import JobStatus
+from ..store.postgres import PostgresStore
 from .keys import ENGINE, STREAMS
 
 routes = web.RouteTableDef()
@@ -29,6 +30,8 @@ async def _refresh(app: web.Application) -> None:
         m.jobs.labels(status.value).set(stats.jobs_by_status.get(status.value, 0))
     for state, n in stats.webhooks_by_status.items():
         m.webhook_messages.labels(state).set(n)
+    if isinstance(engine.store, PostgresStore):  # pool and leases of a shared database
+        m.observe_scale_out(await engine.store.scale_stats())
 
 
 @routes.get("/metrics")

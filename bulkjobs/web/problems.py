@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .. import jsonutil
 from ..errors import CATALOG, BulkJobsError
+from ..store.postgres import UNAVAILABLE
 from .keys import ENGINE, SETTINGS
 
 logger = logging.getLogger(__name__)
@@ -18,6 +19,9 @@ PROBLEM_JSON = "application/problem+json"
 
 #: Statuses that mean "refused by a limit": counted in bulkjobs_requests_rejected.
 _REFUSALS = frozenset({413, 429, 503, 507})
+
+#: Retry-After of a 503 `store_unavailable`: a restart of PostgreSQL takes seconds.
+STORE_RETRY_AFTER_S = 2
 
 _HTTP_CODES = {
     400: "invalid_request",
@@ -78,6 +82,18 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
         if exc.status < 400:
             raise
         return _from_http(request, exc)
+    except UNAVAILABLE as exc:
+        if request.transport is None or request.transport.is_closing():
+            raise  # the client went away (a reset of its own socket): nobody to answer
+        # The database is restarting or unreachable: the client retries, no traceback.
+        logger.warning("store unavailable on %s %s: %r", request.method, request.path, exc)
+        request.app[ENGINE].metrics.rejected.labels("store_unavailable").inc()
+        return problem_response(
+            request,
+            "store_unavailable",
+            "The database is not answering; nothing was changed. Retry shortly.",
+            retry_after_s=STORE_RETRY_AFTER_S,
+        )
     except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(request, "internal_error", "An unexpected error occurred.")

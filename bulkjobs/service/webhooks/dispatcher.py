@@ -10,6 +10,11 @@ class (`connect_refused`, `timeout`, `tls_error`, `bad_response`, `http_status`,
 tenant reads attempts back: a banner of an internal service must not show); a message
 in flight when the process dies is still pending in the outbox and is sent again
 (same `webhook-id`) after a restart: delivery is at least once.
+
+Several processes on one PostgreSQL database read the same outbox: each attempt first
+takes its message in the store (`WebhookStore.take`: its due time moves `take_s`
+ahead, under the row lock), so one process makes it; the others find it no longer due.
+A process that dies mid-attempt leaves the message due again after `take_s`.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ USER_AGENT = "bulkjobs-webhooks/1"
 _SCAN_PAGE = 200
 _MAX_SCAN = 5000
 _MAX_IDLE_S = 60.0
+_MIN_TAKE_S = 30.0
 
 
 @attrs.frozen
@@ -59,6 +65,12 @@ class DispatcherConfig:
     @property
     def per_host(self) -> int:
         return max(1, self.concurrency // 2)
+
+    @property
+    def take_s(self) -> float:
+        """How long a taken message is reserved for its attempt: well past the attempt's
+        timeout (DNS check, POST, recording), so only a dead process lets it go again."""
+        return max(_MIN_TAKE_S, 2 * self.timeout_s + 10)
 
     @property
     def per_tenant(self) -> int | None:
@@ -269,6 +281,8 @@ class WebhookDispatcher:
     # -- one delivery ----------------------------------------------------------------
 
     async def _deliver(self, session: aiohttp.ClientSession, m: Message) -> None:
+        if not await self._take(m):
+            return
         at = utcnow()
         started = time.perf_counter()
         answer = await self._guarded_try(session, m)
@@ -287,6 +301,16 @@ class WebhookDispatcher:
             self._hold(m.pk)
             raise
         self._count(record)
+
+    async def _take(self, m: Message) -> bool:
+        """Take the message in the store for this attempt, so that no other process
+        sends it too; False when another one has (or the store did not answer)."""
+        try:
+            return await self._store.take(m.pk, utcnow(), self.config.take_s)
+        except Exception as exc:
+            logger.warning("webhook message %s: taking it failed (%r); later", m.id, exc)
+            self._hold(m.pk)
+            return False
 
     async def _guarded_try(self, session: aiohttp.ClientSession, m: Message) -> _Answer:
         """One attempt; any exception is an answer like a network error (retry later)."""

@@ -1,0 +1,90 @@
+"""Three `bulkjobs serve` processes on one PostgreSQL database share one webhook outbox:
+each message is sent once per attempt, never once per process (issue 11).
+
+Every process's dispatcher scans the whole outbox whenever its own commits wake it, so
+without the take (`WebhookStore.take`) a message still in flight on one process is due
+on the others and goes out again; the slow receiver keeps messages in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.pg_servers import PG_ARGS, LoggedServer
+from tests.webhook_support import random_secret, verify
+
+pytestmark = pytest.mark.slow
+
+JOBS = 30
+
+
+class SlowReceiver:
+    """Answers each message's first attempt 503 (so it is retried), later ones 200,
+    after `delay_s`; records every request's webhook-id."""
+
+    def __init__(self, secret: str, delay_s: float) -> None:
+        self.secret = secret
+        self.delay_s = delay_s
+        self.seen: collections.Counter[str] = collections.Counter()
+        self.bad_signatures = 0
+        self.retried = asyncio.Event()  # JOBS messages had their second attempt
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        msg_id = request.headers["webhook-id"]
+        self.bad_signatures += not verify(self.secret, request.headers, body)
+        self.seen[msg_id] += 1
+        if sum(n >= 2 for n in self.seen.values()) >= JOBS:
+            self.retried.set()
+        await asyncio.sleep(self.delay_s)
+        return web.Response(status=503 if self.seen[msg_id] == 1 else 200)
+
+
+async def test_each_webhook_attempt_is_sent_by_one_process(
+    pg_url: str, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    secret = random_secret()
+    receiver = SlowReceiver(secret, delay_s=0.3)
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    hook = str((await aiohttp_server(app)).make_url("/hook"))
+    env = {"BULKJOBS_WEBHOOK_SECRETS": secret}
+    args = (*PG_ARGS, "--webhook-allow-private", "true", "--webhook-retry-schedule-s", "0.5")
+    servers = [LoggedServer(pg_url, tmp_path / f"s{i}.log", *args, env=env) for i in range(3)]
+    await asyncio.gather(*(s.start() for s in servers))
+    try:
+        jobs = []
+        for n in range(JOBS):
+            status, job = await servers[n % 3].request(
+                "POST",
+                "/bulk-jobs",
+                json={"operation": "noop", "items": [{}] * 20, "webhook": {"url": hook}},
+            )
+            assert status == 202, job
+            jobs.append(job["id"])
+        async with asyncio.timeout(30):
+            await receiver.retried.wait()
+        # Longer than any process's next scan and the retry schedule: a duplicate
+        # would have come by now (takes are 40 s, and no process died).
+        await asyncio.sleep(2.5)
+        assert len(receiver.seen) == JOBS
+        duplicated = {k: n for k, n in receiver.seen.items() if n != 2}
+        assert not duplicated, f"attempts per message, expected 2 each: {duplicated}"
+        assert receiver.bad_signatures == 0
+        status, deliveries = await servers[1].request(
+            "GET", f"/bulk-jobs/{jobs[0]}/webhook-deliveries"
+        )
+        assert status == 200, deliveries
+        [message] = deliveries["data"]
+        assert message["status"] == "delivered"
+        assert [a["status_code"] for a in message["attempts"]] == [503, 200]
+        for server in servers:
+            server.assert_clean_log()
+    finally:
+        await asyncio.gather(*(s.stop() for s in servers))
