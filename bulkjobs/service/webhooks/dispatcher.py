@@ -247,7 +247,9 @@ class WebhookDispatcher:
         due = next((at for pk, at in upcoming if pk not in skip), None)
         held_s = self._held_delay()
         if due is None:
-            return held_s
+            # Look again now and then: on a shared database another process may add
+            # messages (or die holding one) without waking this dispatcher.
+            return held_s if held_s is not None else _MAX_IDLE_S
         delay = (due - utcnow()).total_seconds()
         if delay <= 0 and not started:
             return held_s  # due but held back by a per-host/tenant limit: wait for a finish
