@@ -88,3 +88,50 @@ async def test_each_webhook_attempt_is_sent_by_one_process(
             server.assert_clean_log()
     finally:
         await asyncio.gather(*(s.stop() for s in servers))
+
+
+async def test_a_message_whose_sender_died_is_sent_again_once(
+    pg_url: str, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    """A takes the message and dies mid-attempt; after the take ends, B sends it: at
+    least once (twice here, same webhook-id), never by both survivors of a crash."""
+    secret = random_secret()
+    seen: collections.Counter[str] = collections.Counter()
+    first = asyncio.Event()
+    release = asyncio.Event()
+    four = asyncio.Event()  # A's hung attempt, its copy, B's and C's messages
+
+    async def handle(request: web.Request) -> web.Response:
+        seen[request.headers["webhook-id"]] += 1
+        if sum(seen.values()) >= 4:
+            four.set()
+        if not first.is_set():
+            first.set()
+            await release.wait()  # A's attempt hangs until A is gone
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", handle)
+    hook = str((await aiohttp_server(app)).make_url("/hook"))
+    env = {"BULKJOBS_WEBHOOK_SECRETS": secret}
+    args = (*PG_ARGS, "--webhook-allow-private", "true", "--webhook-timeout-s", "5")
+    a, b, c = (LoggedServer(pg_url, tmp_path / f"{n}.log", *args, env=env) for n in "abc")
+    await asyncio.gather(a.start(), b.start(), c.start())
+    try:
+        body = {"operation": "noop", "items": [{}], "webhook": {"url": hook}}
+        status, job = await a.request("POST", "/bulk-jobs", json=body)
+        assert status == 202, job
+        async with asyncio.timeout(10):
+            await first.wait()
+        assert (await a.kill()) != 0
+        release.set()
+        for server in (b, c):  # a commit that adds a message wakes their dispatchers
+            status, other = await server.request("POST", "/bulk-jobs", json=body)
+            assert status == 202, other
+        async with asyncio.timeout(60):  # the take of A's attempt: max(30, 2 x 5 + 10) s
+            await four.wait()
+        await asyncio.sleep(2)  # a third copy would come now
+        assert sorted(seen.values()) == [1, 1, 2], seen
+    finally:
+        release.set()
+        await asyncio.gather(a.stop(), b.stop(), c.stop())
