@@ -174,9 +174,10 @@ CATALOG: dict[str, ProblemType] = {
             "store_unavailable",
             503,
             "Store unavailable",
-            "The database did not answer (restarting, unreachable, or out of connections);"
-            " nothing was changed by this request. Retry after `Retry-After`; `/readyz`"
-            " answers 503 meanwhile.",
+            "The database did not answer (restarting, unreachable, or out of connections)."
+            " Retry after `Retry-After`: a change cut off by the outage is either whole or"
+            " absent, and a submit retried with its `Idempotency-Key` is stored once."
+            " `/readyz` answers 503 meanwhile.",
         ),
         ProblemType(
             "webhook_message_not_found",

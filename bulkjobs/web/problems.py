@@ -91,7 +91,7 @@ async def problem_middleware(request: web.Request, handler: Any) -> web.StreamRe
         return problem_response(
             request,
             "store_unavailable",
-            "The database is not answering; nothing was changed. Retry shortly.",
+            "The database is not answering; retry shortly.",
             retry_after_s=STORE_RETRY_AFTER_S,
         )
     except Exception:
