@@ -47,6 +47,19 @@ class Settings:
     body_min_rate_bytes_s: int = setting(
         default=1024, help="slowest accepted request body, bytes per second (408)"
     )
+    accept_gzip: bool = setting(
+        default=False, help="accept `Content-Encoding: gzip` submits (else 415)"
+    )
+    max_inflated_bytes: int = setting(
+        default=64 * 1024 * 1024, help="largest gzip submit body once inflated"
+    )
+    max_inflate_ratio: int = setting(
+        default=100, help="most a gzip submit body may inflate, times its compressed size"
+    )
+    max_uploads: int = setting(default=4, help="submit bodies received at once (more: 503)")
+    max_uploads_per_tenant: int = setting(
+        default=2, help="submit bodies of one tenant received at once (more: 429; 0 = no limit)"
+    )
     max_items: int = setting(default=1_000_000, help="most items in one job")
     max_pending_items: int = setting(
         default=5_000_000, help="items waiting across all jobs before 503"

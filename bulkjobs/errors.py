@@ -125,6 +125,20 @@ CATALOG: dict[str, ProblemType] = {
             "Send the job as `application/json` or `application/x-ndjson`.",
         ),
         ProblemType(
+            "unsupported_content_encoding",
+            415,
+            "Unsupported content encoding",
+            "Send the job uncompressed, or gzip-compressed when the server accepts it"
+            " (`--accept-gzip`); the response's `Accept-Encoding` says which.",
+        ),
+        ProblemType(
+            "too_many_uploads",
+            429,
+            "Too many uploads of yours",
+            "The caller's tenant has as many submissions being received as allowed"
+            " (`--max-uploads-per-tenant`); retry after `Retry-After`.",
+        ),
+        ProblemType(
             "validation_error",
             422,
             "Validation failed",
@@ -140,7 +154,8 @@ CATALOG: dict[str, ProblemType] = {
             "server_busy",
             503,
             "Server busy",
-            "Too many items are waiting; retry after the time in `Retry-After`.",
+            "Too many items are waiting, or too many uploads are being received; retry"
+            " after the time in `Retry-After`.",
         ),
         ProblemType(
             "too_many_streams",

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 JSONDecodeError = orjson.JSONDecodeError
+JSONEncodeError = orjson.JSONEncodeError
 
 #: Deepest nesting accepted. orjson parses 1,024 levels but serializes only 255, so a
 #: deeper document would be accepted and then fail when stored or answered.
@@ -32,6 +33,10 @@ def loads(data: bytes | str) -> Any:
     if isinstance(value, list | dict) and _may_be_too_deep(data) and _too_deep(value):
         raise JSONDecodeError(f"nested deeper than {MAX_DEPTH} levels", "", 0)
     return value
+
+
+#: `loads` without the depth check, for callers that check the depth of what they keep.
+loads_unchecked = orjson.loads
 
 
 def _may_be_too_deep(data: bytes | str) -> bool:

@@ -13,7 +13,8 @@ from bulkjobs import ItemContext, Registry
 from bulkjobs.config import Settings
 from bulkjobs.models import JobStatus
 from bulkjobs.service.engine import Engine
-from bulkjobs.service.jobs import JobService
+from bulkjobs.service.jobs import Form, JobService
+from bulkjobs.service.upload import BytesBody
 from bulkjobs.web.keys import ENGINE
 from tests.support import Value, make_registry, submit, wait_terminal
 
@@ -151,10 +152,8 @@ async def test_restart_resumes_and_runs_each_item_once(settings: Settings) -> No
     first = Engine(settings, registry())
     await first.start()
     svc = JobService(first)
-    job = await svc.submit(
-        b'{"operation": "counted", "items": [' + b",".join([b'{"n": 1}'] * 100) + b"]}",
-        "default",
-    )
+    raw = b'{"operation": "counted", "items": [' + b",".join([b'{"n": 1}'] * 100) + b"]}"
+    job, _ = await svc.submit(BytesBody(raw), Form(False, {}, len(raw)), "default")
     while (await svc.get(job.id, "default")).succeeded < 30:
         await first.hub.wait_changed(job.id, (await svc.get(job.id, "default")).seq, 5)
     await first.stop()  # items 30.. are blocked: they stay pending

@@ -10,32 +10,47 @@ import base64
 import binascii
 import collections
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
+from functools import partial
+from pathlib import Path
 from typing import Generic, TypeVar
 
 import attrs
 
 from ..config import Settings
 from ..errors import BulkJobsError
-from ..models import ItemRow, ItemStatus, Job, JobStatus, new_job_id, utcnow
+from ..models import ItemRow, ItemStatus, Job, JobStatus, NewItems, new_job_id, utcnow
 from ..registry import Operation
 from ..states import IllegalTransition
-from ..store import JobFilter, NewJob
+from ..store import JobFilter, NewJob, Staging, is_postgres_url
 from ..store.base import IdempotencyRecord
 from .engine import Engine
-from .idempotency import check_key, matching_job_id, new_record, request_hash
-from .intake import IntakeLimits, Submission, parse_body, prepare
+from .idempotency import check_key, matching_job_id, new_record
+from .intake import IntakeLimits
 from .limits import DiskGuard, RateLimiter, check_active_jobs
 from .results import parse_status_filter, require_downloadable, result_pages
 from .retention import missing_job
+from .streaming import Emit, Parsed, Read, fingerprint, parse_json, parse_ndjson
+from .upload import BodySource, Bridge, UploadSlots, chunks_of, read_all
 from .webhooks import WebhookService
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
-#: Bodies larger than this are parsed and validated in a thread, off the event loop.
+#: Bodies announced at most this long are read whole and parsed in the loop; longer or
+#: chunked ones are parsed in a thread while they arrive, and staged in batches.
 THREAD_INTAKE_BYTES = 256 * 1024
 MAX_PAGE = 1000
+
+
+@attrs.frozen
+class Form:
+    """How a submission arrives: NDJSON (options in `params`) or JSON, and the size the
+    request announced (None: chunked)."""
+
+    ndjson: bool
+    params: Mapping[str, str]
+    length: int | None
 
 
 @attrs.frozen
@@ -79,6 +94,9 @@ class JobService:
         self._reserved_tenant_items: collections.Counter[str] = collections.Counter()
         self._rate = RateLimiter(s.submit_rate_per_s, s.submit_burst)
         self._disk = DiskGuard(s.db_path, s.min_free_disk_bytes)
+        self._uploads = UploadSlots(s.max_uploads, s.max_uploads_per_tenant)
+        # items that arrive before `operation` wait in a file beside the database
+        self._spool_dir = None if is_postgres_url(s.db_path) else str(Path(s.db_path).parent)
         self.webhooks = WebhookService(
             engine.store,
             engine.webhooks,
@@ -89,16 +107,75 @@ class JobService:
 
     # -- submit ------------------------------------------------------------
 
-    async def submit(self, raw: bytes, tenant: str) -> Job:
-        """Validate, store durably, wake the dispatcher; return the pending job."""
+    async def submit(
+        self, body: BodySource, form: Form, tenant: str, key: str | None = None
+    ) -> tuple[Job, bool]:
+        """Validate, store durably, wake the dispatcher: (the pending job, False); with an
+        `Idempotency-Key` already used, (the job it created, True)."""
+        if key is not None:
+            key = check_key(key)
+            found = (await self.engine.store.find_job(idempotency=(tenant, key))).idempotency
+            if found is not None and found.expires_at > utcnow():
+                digest = await self._fingerprint(body, form)
+                return await self.get(matching_job_id(found, digest), tenant), True
         self._check_admission(tenant)
-        sub = await self._prepare(raw)
-        job = _new_job(sub.operation, len(sub.rows), tenant, sub.ttl_s)
-        hook = await self.webhooks.vet(sub.webhook)
-        return await self._create(NewJob(job, sub.rows, hook))
+        if form.length is not None and form.length <= THREAD_INTAKE_BYTES:
+            self._take_rate(tenant)
+            return await self._receive_small(body, form, tenant, key)
+        with self._uploads.take(tenant):  # a bounded number of big uploads at once
+            self._take_rate(tenant)
+            await self._admit(tenant, 1)  # refuse before reading what could not be stored
+            return await self._receive(body, form, tenant, key)
+
+    async def _receive_small(
+        self, body: BodySource, form: Form, tenant: str, key: str | None
+    ) -> tuple[Job, bool]:
+        """A small body: read whole, parsed in the loop, stored in one transaction."""
+        assert form.length is not None
+        batches: list[NewItems] = []
+        raw = await read_all(body, form.length)
+        parsed = self._parse(form, chunks_of(raw), batches.append)
+        items = NewItems(
+            [i for batch in batches for i in batch.ids],
+            [p for batch in batches for p in batch.payloads],
+        )
+        return await self._store(parsed, items, tenant, key)
+
+    async def _receive(
+        self, body: BodySource, form: Form, tenant: str, key: str | None
+    ) -> tuple[Job, bool]:
+        """A big body: parsed in a thread as it arrives, staged batch by batch."""
+        async with self.engine.store.staging() as staged:
+            bridge = Bridge(asyncio.get_running_loop(), body, staged)
+            parsed = await bridge.run(partial(self._parse, form, bridge.read, bridge.emit))
+            return await self._store(parsed, staged, tenant, key)
+
+    def _parse(self, form: Form, read: Read, emit: Emit) -> Parsed:
+        registry, limits, spool = self.engine.registry, self.limits, self._spool_dir
+        if form.ndjson:
+            return parse_ndjson(registry, limits, form.params, read, emit, spool)
+        return parse_json(registry, limits, read, emit, spool)
+
+    async def _store(
+        self, parsed: Parsed, items: NewItems | Staging, tenant: str, key: str | None
+    ) -> tuple[Job, bool]:
+        job = _new_job(parsed.operation, parsed.count, tenant, parsed.ttl_s)
+        record = None
+        if key is not None:
+            ttl_s = self.engine.settings.idempotency_ttl_s
+            record = new_record(tenant, key, parsed.digest, job.id, job.created_at, ttl_s)
+        hook = await self.webhooks.vet(parsed.webhook)
+        try:
+            return await self._create(NewJob(job, items, hook, record)), False
+        except _Twin as twin:  # a concurrent twin stored it first
+            return await self.get(matching_job_id(twin.record, parsed.digest), tenant), True
+
+    async def _fingerprint(self, body: BodySource, form: Form) -> str:
+        bridge = Bridge(asyncio.get_running_loop(), body)
+        return await bridge.run(partial(fingerprint, form.ndjson, form.params, bridge.read))
 
     def _check_admission(self, tenant: str) -> None:
-        """Cheap checks before any parsing: draining, health, submit rate, disk space."""
+        """Cheap checks before any byte of the body is read: draining, health, disk."""
         if self.engine.draining:
             raise BulkJobsError("shutting_down", "The server is shutting down.", retry_after_s=5)
         if not self.engine.alive:
@@ -108,32 +185,15 @@ class JobService:
                 f"The server cannot run new jobs: its {dead} loop stopped.",
                 retry_after_s=30,
             )
-        self._rate.take(tenant)
         self._disk.check()
 
-    async def _prepare(self, raw: bytes) -> Submission:
-        if len(raw) < THREAD_INTAKE_BYTES:
-            return prepare(self.engine.registry, parse_body(raw), self.limits)
-
-        def work() -> Submission:
-            return prepare(self.engine.registry, parse_body(raw), self.limits)
-
-        return await asyncio.to_thread(work)
+    def _take_rate(self, tenant: str) -> None:
+        self._rate.take(tenant)
 
     async def _create(self, new: NewJob) -> Job:
         """Admit against committed counts plus submits in flight here, then store."""
         n, tenant = new.job.total_items, new.job.tenant
-        stats = await self.engine.store.stats(tenant)
-        active = stats.tenant_active_jobs + self._reserved_jobs[tenant]
-        check_active_jobs(active, self.engine.settings.max_active_jobs)
-        mine = self._reserved_tenant_items[tenant]
-        check_tenant_quotas(
-            self.engine.settings,
-            n,
-            backlog=stats.tenant_backlog_items + mine,
-            stored=stats.tenant_stored_items + mine,
-        )
-        check_backlog(self.engine.settings, n, stats.backlog_items + self._reserved_items)
+        await self._admit(tenant, n)
         self._reserved_items += n
         self._reserved_tenant_items[tenant] += n
         self._reserved_jobs[tenant] += 1
@@ -145,6 +205,20 @@ class JobService:
             raise _Twin(created.existing)
         self._accept(created.job)
         return created.job
+
+    async def _admit(self, tenant: str, n: int) -> None:
+        """Refuse `n` more items when a cap would be passed (committed + in flight)."""
+        stats = await self.engine.store.stats(tenant)
+        active = stats.tenant_active_jobs + self._reserved_jobs[tenant]
+        check_active_jobs(active, self.engine.settings.max_active_jobs)
+        mine = self._reserved_tenant_items[tenant]
+        check_tenant_quotas(
+            self.engine.settings,
+            n,
+            backlog=stats.tenant_backlog_items + mine,
+            stored=stats.tenant_stored_items + mine,
+        )
+        check_backlog(self.engine.settings, n, stats.backlog_items + self._reserved_items)
 
     def _release(self, n: int, tenant: str) -> None:
         self._reserved_items -= n
@@ -237,30 +311,12 @@ class JobService:
 
     # -- idempotent submit, retry, lineage, results ---------------------------
 
-    async def submit_once(self, raw: bytes, key: str, tenant: str) -> tuple[Job, bool]:
-        """Submit under an `Idempotency-Key`: (the job, True when it was created before)."""
-        key = check_key(key)
-        digest = await asyncio.to_thread(request_hash, raw) if len(raw) > 1 << 20 else None
-        digest = digest or request_hash(raw)
-        found = (await self.engine.store.find_job(idempotency=(tenant, key))).idempotency
-        if found is not None and found.expires_at > utcnow():
-            return await self.get(matching_job_id(found, digest), tenant), True
-        self._check_admission(tenant)
-        sub = await self._prepare(raw)
-        job = _new_job(sub.operation, len(sub.rows), tenant, sub.ttl_s)
-        ttl_s = self.engine.settings.idempotency_ttl_s
-        record = new_record(tenant, key, digest, job.id, job.created_at, ttl_s)
-        hook = await self.webhooks.vet(sub.webhook)
-        try:
-            return await self._create(NewJob(job, sub.rows, hook, record)), False
-        except _Twin as twin:  # a concurrent twin stored it first
-            return await self.get(matching_job_id(twin.record, digest), tenant), True
-
     async def retry(self, job_id: str, tenant: str) -> Job:
         """A new job of the same operation from the failed items of a finished job."""
         source = await self.get(job_id, tenant)
         op = self._retryable(source)
         self._check_admission(tenant)
+        self._take_rate(tenant)
         job = _new_job(op, source.failed, tenant, source.ttl_s)
         return await self._create(NewJob(job, retry_of=source))
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .base import ChunkResult, JobFilter, Lease, NewJob, OperationLimits, Store, WebhookStore
+from .base import (
+    ChunkResult,
+    JobFilter,
+    Lease,
+    NewJob,
+    OperationLimits,
+    Staging,
+    Store,
+    WebhookStore,
+)
 
 __all__ = [
     "ChunkResult",
@@ -12,6 +21,7 @@ __all__ = [
     "Lease",
     "NewJob",
     "OperationLimits",
+    "Staging",
     "Store",
     "WebhookStore",
     "is_postgres_url",

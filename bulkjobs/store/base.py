@@ -9,7 +9,8 @@ machine (`bulkjobs.states`). Backends keep their SQL dialect to themselves.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Protocol
 
@@ -17,6 +18,25 @@ import attrs
 
 from ..models import ItemOutcome, ItemRow, ItemStatus, Job, JobError, JobStatus, NewItems, WorkItem
 from ..outbox import AttemptRecord, Deliveries, Due, NewWebhook
+
+
+class Staging(Protocol):
+    """The items of an upload in progress (`Store.staging`).
+
+    They are stored in batches, each its own short transaction, under a job key no job
+    row has yet: invisible to every read and to claiming. `create_job` adopts them in
+    its one transaction; otherwise they are discarded when the upload ends, and at the
+    next start if the process dies first.
+    """
+
+    @property
+    def count(self) -> int:
+        """Items added so far (the next item's index)."""
+        ...
+
+    async def add(self, items: NewItems) -> None:
+        """Store the next batch (one transaction)."""
+        ...
 
 
 @attrs.frozen
@@ -51,7 +71,7 @@ class NewJob:
     """
 
     job: Job
-    items: NewItems = attrs.field(factory=NewItems)
+    items: NewItems | Staging = attrs.field(factory=NewItems)
     webhook: NewWebhook | None = None
     idempotency: IdempotencyRecord | None = None
     retry_of: Job | None = None
@@ -167,7 +187,13 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def create_job(self, new: NewJob) -> Created:
-        """Store job, items, webhook and idempotency key in one transaction."""
+        """Store job, items, webhook and idempotency key in one transaction.
+
+        With a `Staging` as `new.items`, the staged items become the job's (adopted)."""
+        ...
+
+    def staging(self) -> AbstractAsyncContextManager[Staging]:
+        """A place for the items of an upload in progress; see `Staging`."""
         ...
 
     async def claim(

@@ -3,14 +3,20 @@ backend's outbox object) and the shape of a maintenance pass."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 import attrs
 
-from ..models import Job, JobError
+from ..models import Job, JobError, NewItems
 from ..outbox import AttemptRecord, Deliveries, Due
-from .base import Maintenance, WebhookStore
+from .base import Maintenance, Staging, WebhookStore
+
+logger = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -27,6 +33,40 @@ def threshold_error(job: Job) -> JobError:
     """Why a job stops when more items failed than its threshold allows."""
     msg = f"{job.failed} items failed, more than the threshold of {job.max_failed} for the job"
     return JobError("failure_threshold_exceeded", msg)
+
+
+class StagedItems:
+    """A `Staging` whose batches a backend writes with `insert(pk, first_idx, items)`."""
+
+    def __init__(self, pk: int, insert: Callable[[int, int, NewItems], Awaitable[None]]) -> None:
+        self.pk = pk
+        self.adopted = False  # set by create_job once its transaction committed
+        self._insert = insert
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    async def add(self, items: NewItems) -> None:
+        if len(items):
+            await self._insert(self.pk, self._count, items)
+            self._count += len(items)
+
+
+def staged_pk(items: NewItems | Staging) -> int | None:
+    """The job key of staged items (None for items given whole); only this store's."""
+    if isinstance(items, StagedItems):
+        return items.pk
+    if isinstance(items, NewItems):
+        return None
+    raise TypeError(f"items staged elsewhere: {items!r}")
+
+
+def adopted(items: NewItems | Staging) -> None:
+    """Mark staged items as the job's once the creating transaction committed."""
+    if isinstance(items, StagedItems):
+        items.adopted = True
 
 
 OutboxT = TypeVar("OutboxT", bound=WebhookStore)
@@ -60,6 +100,32 @@ class BackendBase(Generic[OutboxT]):
 
     async def redeliver(self, job_pk: int, message_id: str, now: datetime) -> bool:
         return await self._outbox.redeliver(job_pk, message_id, now)
+
+    # -- uploads in progress ----------------------------------------------------
+
+    @asynccontextmanager
+    async def staging(self) -> AsyncIterator[StagedItems]:
+        staged = StagedItems(await self._stage_begin(), self._stage_insert)
+        try:
+            yield staged
+        finally:
+            if not staged.adopted:
+                await asyncio.shield(self._discard(staged.pk))
+
+    async def _discard(self, pk: int) -> None:
+        try:
+            await self._stage_discard(pk)
+        except Exception:  # closed or unreachable: the next start (or sweep) removes them
+            logger.warning("staged items of upload %d left for the next sweep", pk)
+
+    async def _stage_begin(self) -> int:
+        raise NotImplementedError
+
+    async def _stage_insert(self, pk: int, first_idx: int, items: NewItems) -> None:
+        raise NotImplementedError
+
+    async def _stage_discard(self, pk: int) -> None:
+        raise NotImplementedError
 
     # -- maintenance -------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import asyncpg  # type: ignore[import-untyped]
 import attrs
 
 from .. import failpoints, states
-from ..models import ItemRow, ItemStatus, Job, JobError, JobStatus
+from ..models import ItemRow, ItemStatus, Job, JobError, JobStatus, NewItems, utcnow
 from ..outbox import OutboxRule
 from . import postgres_work as work
 from .base import (
@@ -45,7 +45,7 @@ from .base import (
     StoreStats,
     Tombstone,
 )
-from .common import BackendBase, Span
+from .common import BackendBase, Span, adopted, staged_pk
 from .postgres_schema import MIGRATION_LOCK, MIGRATIONS
 from .postgres_webhooks import PostgresWebhooks
 from .postgres_work import Conn
@@ -271,13 +271,17 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
 
         created: Created = await self._retrying(attempt)
         return created
+            adopted(new.items)
 
     async def _insert_job(self, db: Conn, new: NewJob) -> Job:
         job = new.job
         row = await db.fetchrow(
-            "INSERT INTO jobs (id, tenant, operation, status, total_items, created_at,"
-            " updated_at, ttl_s, seq, max_failed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, $9)"
-            f" RETURNING {JOB_COLS}",
+            "INSERT INTO jobs (pk, id, tenant, operation, status, total_items, created_at,"
+            " updated_at, ttl_s, seq, max_failed) VALUES (coalesce($1,"
+            " nextval(pg_get_serial_sequence('jobs', 'pk'))), $2, $3, $4, $5, $6, $7, $8, $9,"
+            f" 1, $10) RETURNING {JOB_COLS}",
+            pk,
+        pk = staged_pk(new.items)  # staged items have their job key; else the identity
             job.id,
             job.tenant,
             job.operation,
@@ -289,13 +293,10 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
             job.max_failed,
         )
         stored = job_from_row(row)
-        items = new.items
-        if len(items):
-            ids = items.ids if len(items.ids) else itertools.repeat(None)
-            records = zip(itertools.repeat(stored.pk), itertools.count(), ids, items.payloads)
-            await db.copy_records_to_table(
-                "items", records=records, columns=("job_pk", "idx", "item_id", "payload")
-            )
+        if isinstance(new.items, NewItems):
+            await _copy_items(db, stored.pk, 0, new.items)
+        else:
+            await db.execute("DELETE FROM staging WHERE job_pk = $1", stored.pk)
         if new.webhook is not None:
             await self._outbox.subscribe_in(db, stored.pk, job.created_at, new.webhook)
         return stored
@@ -304,6 +305,29 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
 
     async def claim(
         self, owner: str, limits: Mapping[str, OperationLimits], *, lease_s: float, now: datetime
+    async def _stage_begin(self) -> int:
+        async with self._txn() as db:
+            pk: int = await db.fetchval(
+                "INSERT INTO staging (job_pk, renewed_at)"
+                " VALUES (nextval(pg_get_serial_sequence('jobs', 'pk')), $1) RETURNING job_pk",
+                to_ms(utcnow()),
+            )
+        return pk
+
+    async def _stage_insert(self, pk: int, first_idx: int, items: NewItems) -> None:
+        async def attempt() -> None:
+            async with self._txn() as db:
+                await _copy_items(db, pk, first_idx, items)
+                await db.execute(
+                    "UPDATE staging SET renewed_at = $2 WHERE job_pk = $1", pk, to_ms(utcnow())
+                )
+
+        await self._retrying(attempt)
+
+    async def _stage_discard(self, pk: int) -> None:
+        async with self._txn() as db:
+            await _queue_staged(db, "job_pk = $1", pk)
+
     ) -> Claimed:
         settled: list[Job] = []
         for _ in range(8):  # a few jobs settled on the way, then let others write
@@ -427,6 +451,19 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
             if idempotency is not None:
                 row = await db.fetchrow(_SELECT_IDEMPOTENCY, *idempotency)
                 return JobLookup(idempotency=_idempotency_from_row(row) if row else None)
+    # -- other processes' changes (NOTIFY / LISTEN, polling) ---------------
+
+    async def watch_jobs(self, watch: JobWatch) -> None:
+        """Report other processes' job changes until cancelled (see `postgres_listen`)."""
+        assert self._pool is not None, "store is not open"
+        await listen.JobFeed(self._pool, self._connect_listener, watch).run()
+
+    async def _connect_listener(self) -> Any:
+        """A connection of its own (not from the pool) for LISTEN."""
+        extra = {"password": self._password} if self._password else {}
+        settings = {"application_name": f"{listen.APPLICATION_NAME}:{os.getpid()}"}
+        return await asyncpg.connect(self.url, server_settings=settings, timeout=10, **extra)
+
             row = await db.fetchrow(
                 f"SELECT {JOB_COLS}, (SELECT retry_of FROM job_retries WHERE job_id = jobs.id),"
                 " (SELECT job_id FROM job_retries WHERE retry_of = jobs.id"
@@ -543,6 +580,9 @@ _AND_ACTIVE = " AND status IN ('pending', 'running')"
 
 _SELECT_IDEMPOTENCY = (
     "SELECT tenant, key, request_hash, job_id, created_at, expires_at"
+            # an upload whose process died: nothing renewed its items for an hour
+            stale = to_ms(now) - STALE_UPLOAD_S * 1000
+            await _queue_staged(db, "renewed_at < $1", stale)
     " FROM idempotency_keys WHERE tenant = $1 AND key = $2"
 )
 

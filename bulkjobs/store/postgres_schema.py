@@ -144,4 +144,12 @@ MIGRATIONS: list[tuple[str, str]] = [
             DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::bigint;
         """,
     ),
+    (
+        # uploads in progress: items stored in batches under a job key no job row has
+        # yet; a process that dies mid-upload leaves a row that the sweep removes
+        "0003_staging",
+        """
+        CREATE TABLE staging (job_pk BIGINT PRIMARY KEY, renewed_at BIGINT NOT NULL);
+        """,
+    ),
 ]

@@ -173,4 +173,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
         """,
     ),
+    (
+        "0006_staging",
+        """
+        -- Uploads in progress: their items are stored in batches under a job key that
+        -- no job row has yet (invisible to reads and claims) until the job is created.
+        CREATE TABLE staging (job_pk INTEGER PRIMARY KEY, started_at INTEGER NOT NULL);
+        """,
+    ),
 ]

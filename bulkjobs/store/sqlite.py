@@ -20,7 +20,7 @@ from typing import IO, Any
 import aiosqlite
 
 from .. import failpoints, jsonutil, states
-from ..models import ItemRow, ItemStatus, Job, JobError, JobStatus, NewItems
+from ..models import ItemRow, ItemStatus, Job, JobError, JobStatus, NewItems, utcnow
 from ..outbox import NewWebhook, OutboxRule
 from . import sqlite_work as work
 from .base import (
@@ -36,9 +36,10 @@ from .base import (
     OperationLimits,
     Settled,
     StoreStats,
+    Staging,
     Tombstone,
 )
-from .common import BackendBase, Span
+from .common import BackendBase, Span, adopted, staged_pk
 from .reader import Reader
 from .rows import JOB_COLS, job_from_row
 from .schema import MIGRATIONS
@@ -88,6 +89,9 @@ class SQLiteStore(BackendBase[SQLiteWebhooks]):
             # of them are claimable now, instead of after they expire.
             await db.execute("UPDATE leases SET expires_at = 0")
             await db.execute(
+            # Uploads cut short by the last stop are not jobs: their items go.
+            await db.execute("INSERT OR IGNORE INTO purge_queue SELECT job_pk FROM staging")
+            await db.execute("DELETE FROM staging")
                 "INSERT OR IGNORE INTO secrets (name, value) VALUES ('events_token', ?)",
                 (os.urandom(32),),
             )
@@ -173,40 +177,63 @@ class SQLiteStore(BackendBase[SQLiteWebhooks]):
                 await _insert_idempotency(db, new.idempotency)
             failpoints.hit("insert_job")  # crash tests: job and items written, not committed
         return Created(job)
+            if staged_pk(new.items) is not None:
+                await db.execute("DELETE FROM staging WHERE job_pk = ?", (job.pk,))
 
     async def _insert_job(
         self,
         db: aiosqlite.Connection,
         job: Job,
-        items: NewItems,
+        adopted(new.items)
+        items: NewItems | Staging,
         webhook: NewWebhook | None = None,
+    async def _stage_begin(self) -> int:
+        async with self._txn() as db:
+            row = await work.one(
+                db, "UPDATE job_pk_high_water SET pk = pk + 1 WHERE one = 1 RETURNING pk"
+            )
+            pk = int(row[0])
+            await db.execute(
+                "INSERT INTO staging (job_pk, started_at) VALUES (?, ?)", (pk, to_ms(utcnow()))
+            )
+        return pk
+
+    async def _stage_insert(self, pk: int, first_idx: int, items: NewItems) -> None:
+        async with self._txn() as db:
+            await _insert_items(db, pk, first_idx, items)
+
+    async def _stage_discard(self, pk: int) -> None:
+        async with self._txn() as db:
+            await db.execute("INSERT OR IGNORE INTO purge_queue (job_pk) VALUES (?)", (pk,))
+            await db.execute("DELETE FROM staging WHERE job_pk = ?", (pk,))
+
     ) -> Job:
         row = await work.one(
             db,
             "INSERT INTO jobs (pk, id, tenant, operation, status, total_items, created_at,"
-            " updated_at, ttl_s, seq, max_failed) VALUES ((SELECT pk + 1 FROM job_pk_high_water),"
+            " updated_at, ttl_s, seq, max_failed) VALUES"
+            " (coalesce(?, (SELECT pk + 1 FROM job_pk_high_water)),"
             f" ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) RETURNING {JOB_COLS}",
             (
+        # staged items already have their job key; a new one is the high water + 1
+        pk = staged_pk(items)
                 job.id,
                 job.tenant,
                 job.operation,
                 job.status.value,
                 job.total_items,
                 to_ms(job.created_at),
+                pk,
                 to_ms(job.updated_at),
                 job.ttl_s,
                 job.max_failed,
             ),
         )
         stored = job_from_row(row)
-        pk = stored.pk
-        if len(items):
-            await db.executemany(
-                "INSERT INTO items (job_pk, idx, item_id, payload) VALUES (?, ?, ?, ?)",
-                zip(itertools.repeat(pk), itertools.count(), items.ids, items.payloads),
-            )
+        if isinstance(items, NewItems):
+            await _insert_items(db, stored.pk, 0, items)
         if webhook is not None:
-            await self._outbox.subscribe_in(db, pk, job.created_at, webhook)
+            await self._outbox.subscribe_in(db, stored.pk, job.created_at, webhook)
         return stored
 
     # -- running work ----------------------------------------------------
@@ -485,6 +512,14 @@ async def _insert_idempotency(db: aiosqlite.Connection, record: IdempotencyRecor
         " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
         (
             record.tenant,
+async def _insert_items(db: aiosqlite.Connection, pk: int, first_idx: int, items: NewItems) -> None:
+    if len(items):
+        await db.executemany(
+            "INSERT INTO items (job_pk, idx, item_id, payload) VALUES (?, ?, ?, ?)",
+            zip(itertools.repeat(pk), itertools.count(first_idx), items.ids, items.payloads),
+        )
+
+
             record.key,
             record.request_hash,
             record.job_id,

@@ -19,10 +19,9 @@ from ..errors import BulkJobsError
 from ..models import Job
 from ..parsing import ascii_uint
 from ..service.engine import Engine
-from ..service.intake import ndjson_to_body
-from ..service.jobs import MAX_PAGE, THREAD_INTAKE_BYTES, Page
+from ..service.jobs import MAX_PAGE, Form, Page
 from .auth import tenant_of
-from .bodies import read_body
+from .bodies import BodyReader, check_encoding
 from .keys import ENGINE, SERVICE, SETTINGS
 from .polling import read_job
 from .render import render_job
@@ -84,40 +83,40 @@ def _page_response(request: web.Request, page: Page[Any], data: list[Any]) -> we
 @routes.post(paths.JOBS)
 async def create_job(request: web.Request) -> web.Response:
     """Accept a job: 202, `Location`, `Retry-After`, the pending job as the body."""
+    form, body = _upload(request)
+    key = request.headers.get("Idempotency-Key")
+    job, replayed = await request.app[SERVICE].submit(body, form, tenant_of(request), key)
+    doc = render_job(request, job)
+    headers = _job_headers(request, job)
+    headers["Location"] = doc["links"]["self"]
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(doc, status=200 if replayed else 202, headers=headers)
+
+
+def _upload(request: web.Request) -> tuple[Form, BodyReader]:
+    """What a submit sends, checked before a byte of its body is read (or inflated)."""
     if request.content_type not in JSON_TYPES | NDJSON_TYPES:
         raise BulkJobsError(
             "unsupported_media_type",
             f"Content-Type {request.content_type!r} is not supported;"
             " send application/json or application/x-ndjson.",
         )
+    gzip = check_encoding(request)
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise BulkJobsError(
             "payload_too_large",
             f"The body is {request.content_length} bytes; the limit is {limit}.",
+            headers={"Connection": "close"},
         )
-    raw = await read_body(request)  # a deadline and a minimum rate: 408 when slower
-    if request.content_type in NDJSON_TYPES:
-        raw = await _ndjson_body(raw, request.query)
-    key = request.headers.get("Idempotency-Key")
-    replayed = False
-    if key is None:
-        job = await request.app[SERVICE].submit(raw, tenant_of(request))
-    else:
-        job, replayed = await request.app[SERVICE].submit_once(raw, key, tenant_of(request))
-    body = render_job(request, job)
-    headers = _job_headers(request, job)
-    headers["Location"] = body["links"]["self"]
-    if replayed:
-        headers["Idempotent-Replayed"] = "true"
-    return json_response(body, status=200 if replayed else 202, headers=headers)
-
-
-async def _ndjson_body(raw: bytes, query: MultiMapping[str]) -> bytes:
-    """NDJSON items + query options as the JSON body (in a thread when large)."""
-    if len(raw) < THREAD_INTAKE_BYTES:
-        return ndjson_to_body(raw, query)
-    return await asyncio.to_thread(ndjson_to_body, raw, dict(query))
+    form = Form(
+        ndjson=request.content_type in NDJSON_TYPES,
+        params=dict(request.query),
+        length=None if gzip else request.content_length,
+    )
+    # read while it is parsed: a deadline and a minimum rate (408 when slower), limits
+    return form, BodyReader(request, gzip=gzip)
 
 
 @routes.get(paths.JOBS)
