@@ -386,3 +386,57 @@ async def test_events_secret_survives_a_restart(tmp_path: Path) -> None:
     second = await store.open()
     await store.close()
     assert first == second and len(first) == 32
+
+
+# -- staging (uploads in progress) ---------------------------------------------------
+
+
+def _batch(first: int, n: int) -> NewItems:
+    return NewItems(
+        [f"s{i}" for i in range(first, first + n)],
+        [f'{{"n": {i}}}' for i in range(first, first + n)],
+    )
+
+
+async def test_staged_items_are_invisible_until_the_job_adopts_them(store: Store) -> None:
+    async with store.staging() as staged:
+        await staged.add(_batch(0, 3))
+        await staged.add(_batch(3, 2))
+        assert staged.count == 5
+        assert (await claim(store)).lease is None  # no job: nothing to claim
+        assert (await store.stats("t1")).tenant_stored_items == 0
+        job = Job(
+            id=new_job_id(),
+            operation="op",
+            status=JobStatus.PENDING,
+            total_items=5,
+            tenant="t1",
+            seq=1,
+        )
+        created = await store.create_job(NewJob(job, staged))
+    assert created.job is not None
+    rows = await store.list_items(created.job.pk, status=None, after_index=-1, limit=10)
+    assert [(r.idx, r.item_id) for r in rows] == [(i, f"s{i}") for i in range(5)]
+    got = await claim(store)
+    assert got.lease is not None and [w.index for w in got.lease.items] == [0, 1, 2, 3]
+    later = await new_job(store, 1)  # the next job's key is past the staged one
+    assert later.pk > created.job.pk
+
+
+async def test_an_abandoned_upload_is_purged(store: Store) -> None:
+    with pytest.raises(RuntimeError):
+        async with store.staging() as staged:
+            await staged.add(_batch(0, 50))
+            raise RuntimeError("the client went away")
+    purged = 0
+    for _ in range(10):
+        step = (await store.maintain(NOW, expire_jobs=0, purge_items=20, keep_s=0)).purged
+        if not step:
+            break
+        purged += step
+    assert purged >= 50  # 20 + 20 + 10 staged items went, in batches
+    job = await new_job(store, 2)  # what remains is only the new job's items
+    assert (await store.stats("t1")).tenant_stored_items == 2
+    assert [
+        r.idx for r in await store.list_items(job.pk, status=None, after_index=-1, limit=9)
+    ] == [0, 1]
