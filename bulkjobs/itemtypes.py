@@ -4,6 +4,7 @@ pointers, and a JSON Schema of each type for GET /operations."""
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import types
 import typing
@@ -62,6 +63,29 @@ class ItemType:
             raise TypeError("item must be an object")
         return _FAST.structure(payload, self.cls)
 
+    def build(self, payload: dict[str, Any]) -> Any:
+        """Build an item that `structure` already accepted with this same type (at
+        intake): only what structuring would change about it is redone.
+
+        For a class whose fields are all JSON scalars as they are (str, int, bool,
+        None, Any, Literals and unions of them; no float, which turns ints into
+        floats, no nested classes or containers) that is calling the class: its own
+        validators run, the per-field type checks are not repeated. Any other class
+        goes through `structure` again."""
+        return self._build(payload)
+
+    @functools.cached_property
+    def _build(self) -> Callable[[dict[str, Any]], Any]:
+        try:
+            hints = typing.get_type_hints(self.cls)
+        except Exception:  # an annotation that cannot be resolved: stay on the safe path
+            return self.structure
+        fields = attrs.fields(self.cls)
+        if all(f.init and _passes_as_is(hints.get(f.name, object)) for f in fields):
+            cls = self.cls
+            return lambda payload: cls(**payload)
+        return self.structure
+
     def errors(self, payload: Any) -> list[tuple[Pointer, str]]:
         """Every problem with one item, as (relative pointer, detail) pairs."""
         if not isinstance(payload, dict):
@@ -71,6 +95,21 @@ class ItemType:
         except Exception as exc:
             return list(_walk(exc, ()))
         return []
+
+
+_AS_IS = (str, int, bool, type(None))
+
+
+def _passes_as_is(tp: Any) -> bool:
+    """Whether strict structuring hands a valid JSON value of this type on unchanged."""
+    if tp is Any or tp in _AS_IS:
+        return True
+    origin = get_origin(tp)
+    if origin is Literal:
+        return all(isinstance(v, _AS_IS) and not isinstance(v, enum.Enum) for v in get_args(tp))
+    if origin is typing.Union or origin is types.UnionType:
+        return all(_passes_as_is(arg) for arg in get_args(tp))
+    return False
 
 
 def _walk(exc: BaseException, path: Pointer) -> Iterator[tuple[Pointer, str]]:

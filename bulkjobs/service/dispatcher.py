@@ -3,9 +3,10 @@
 The store decides what runs next (fair per tenant, then per job) and who holds it (a
 lease with an owner and an expiry); this process only remembers the leases it is
 working, as `LeaseRun`s, so that workers can stop early when their job is asked to
-stop. A lease of an operation with a concurrency limit is one chunk (the limit counts
-leases, across every process); others span up to `span_items` items, so that one
-claim feeds several chunks.
+stop. Leases span up to `span_items` items, so that one claim feeds several chunks; a
+lease of an operation with a concurrency limit (which counts leases, across every
+process) is worked by one worker, chunk after chunk, so that one claim and one
+release serve several batches without ever running two of them at once.
 
 Pacing keeps local look-ahead short in time, not just in chunks: from the seconds per
 item the workers observe, a lease holds about `AHEAD_S` of work (at least one chunk),
@@ -28,6 +29,7 @@ from ..models import Job, WorkItem, utcnow
 from ..registry import Operation, Registry
 from ..store import Lease, OperationLimits, Store
 from ..store.base import Claimed
+from ..store.sqlite import SQLiteStore
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ class LeaseRun:
     queued: int = 0  # chunks handed to the work queue so far
     settled: int = 0  # chunk results counted by the writer
     stopping: bool = False
+    #: Validate items again before building them: the job was accepted by another
+    #: process, or before this one loaded its operations (their item types may differ).
+    revalidate: bool = True
 
 
 Chunk = tuple[LeaseRun, list[WorkItem]]
@@ -78,7 +83,7 @@ class Pace:
         for op in registry.operations:
             size = op.options.batch_size
             most = max(1, span_items // size)
-            chunks = 1 if op.options.concurrency else min(most, int(AHEAD_S / self.chunk_s(op)))
+            chunks = min(most, int(AHEAD_S / self.chunk_s(op)))
             limits[op.name] = OperationLimits(size * max(1, chunks), op.options.concurrency)
         return limits
 
@@ -114,6 +119,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._queued_s = 0.0  # estimated seconds of work in the queue
+        # Jobs accepted from now on were validated by these very operations, when this
+        # process owns its store alone (SQLite): see LeaseRun.revalidate.
+        self._validated_since = utcnow() if isinstance(store, SQLiteStore) else None
 
     def wake(self) -> None:
         """Something may be claimable now (a submit, a settled lease, a stop)."""
@@ -123,6 +131,11 @@ class Dispatcher:
     def leases(self) -> list[int]:
         """The leases this process works (the ones its heartbeat renews)."""
         return list(self._runs)
+
+    @property
+    def working_jobs(self) -> set[int]:
+        """The jobs (pks) this process works a lease of."""
+        return {run.pk for run in self._runs.values()}
 
     def runs_for(self, job_pk: int) -> list[LeaseRun]:
         """The leases of one job this process is working."""
@@ -195,14 +208,27 @@ class Dispatcher:
         op = self._registry.get(job.operation)
         assert op is not None, "claimed an operation that is not registered"
         chunks = -(-len(lease.items) // op.options.batch_size)
-        run = LeaseRun(lease.pk, job.id, job.pk, job.tenant, op, self.pace.chunk_s(op), chunks)
+        chunk_s = self.pace.chunk_s(op)
+        if op.options.concurrency:
+            chunk_s *= chunks  # queued as one entry: see _hand_out
+        run = LeaseRun(lease.pk, job.id, job.pk, job.tenant, op, chunk_s, chunks)
         run.stopping = job.stop_requested is not None
+        since = self._validated_since
+        run.revalidate = since is None or job.created_at < since
         return run
 
     async def _hand_out(self, lease: Lease) -> None:
         self._on_jobs([lease.job])
         run = self._run_of(lease)
         self._runs[lease.pk] = run  # before the first await: a restart finds it
+        if run.operation.options.concurrency:
+            # The limit counts leases: a lease of several chunks is one queue entry,
+            # worked chunk after chunk by one worker (WorkerPool), never two at once.
+            await self._wait_room()
+            self._queue.put_nowait((run, list(lease.items)))
+            self._queued_s += run.chunk_s
+            run.queued = run.chunks
+            return
         size = run.operation.options.batch_size
         for i in range(0, len(lease.items), size):
             await self._wait_room()

@@ -56,19 +56,27 @@ class WorkerPool:
             self.busy += 1
             self._idle.clear()
             try:
-                await self._work(run, chunk)
-            except Exception:
-                # A bug of ours, not a handler's (those become item outcomes): the
-                # chunk's outcomes are unknown, so the job must not end `completed`.
-                logger.exception("worker failed on a chunk of %s", run.job_id)
-                run.stopping = True
-                await self._writer.put(ChunkDone(run, []))
-                await self._on_broken(run)
+                size = run.operation.options.batch_size
+                # An entry is one chunk, or a whole lease of an operation with a
+                # concurrency limit: its chunks one after another (dispatcher.py).
+                for i in range(0, max(1, len(chunk)), size):
+                    await self._work_safely(run, chunk[i : i + size])
             finally:
                 self.busy -= 1
                 if not self.busy:
                     self._idle.set()
                 self._queue.task_done()
+
+    async def _work_safely(self, run: LeaseRun, chunk: list[WorkItem]) -> None:
+        try:
+            await self._work(run, chunk)
+        except Exception:
+            # A bug of ours, not a handler's (those become item outcomes): the
+            # chunk's outcomes are unknown, so the job must not end `completed`.
+            logger.exception("worker failed on a chunk of %s", run.job_id)
+            run.stopping = True
+            await self._writer.put(ChunkDone(run, []))
+            await self._on_broken(run)
 
     async def _work(self, run: LeaseRun, chunk: list[WorkItem]) -> None:
         """Run the chunk and queue its outcomes (none when its job is stopping)."""
