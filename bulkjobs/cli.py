@@ -189,6 +189,8 @@ def serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env(**overrides)
         setup_logging(args.log_level, settings.log_format)
+        if settings.no_http:
+            return run_worker(settings)
         app = create_app(settings)
     except (ValueError, TypeError, OSError) as exc:
         print(f"bulkjobs: {exc}", file=sys.stderr)
@@ -224,6 +226,38 @@ def serve(args: argparse.Namespace) -> int:
         where = f"{settings.host}:{settings.port}"
         print(f"bulkjobs: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def run_worker(settings: Settings) -> int:
+    """`serve --no-http`: the engine alone (workers, dispatcher, leases, maintenance,
+    webhooks), no port bound; SIGTERM or Ctrl-C drains it in the order `serve` does."""
+    import asyncio
+    import signal
+
+    from .registry import load_registry
+    from .service.engine import Engine
+    from .web.representation import job_json
+
+    base = settings.base_path  # webhook bodies carry the same links as HTTP answers
+    engine = Engine(settings, load_registry(settings.app), render_job=lambda j: job_json(j, base))
+    gc.freeze()  # as in `serve`: long-lived objects stay out of full collections
+
+    async def work_until_signalled() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await engine.start()
+        log = logging.getLogger("bulkjobs")
+        log.info("worker-only (--no-http): %d workers on %r", settings.workers, engine.store)
+        try:
+            await stop.wait()
+            log.info("stopping: draining work in flight")
+        finally:
+            await engine.stop()
+
+    asyncio.run(work_until_signalled())
     return 0
 
 

@@ -201,6 +201,23 @@ class Settings:
         validator=attrs.validators.in_({"text", "json"}),
         help="text or json (one object per line)",
     )
+    # scale-out on PostgreSQL (issue 11): other processes' job changes, worker-only mode
+    pg_listen: bool = setting(
+        default=True,
+        help="PostgreSQL: LISTEN for other processes' job changes (false: poll only,"
+        " e.g. behind PgBouncer in transaction mode)",
+    )
+    job_poll_s: float = setting(
+        default=1.0,
+        validator=attrs.validators.gt(0),
+        help="PostgreSQL: seconds between reads of watched jobs changed elsewhere"
+        " (the safety net of LISTEN)",
+    )
+    no_http: bool = setting(
+        default=False,
+        help="run the engine only (workers, dispatcher, leases, maintenance, webhooks);"
+        " bind no port",
+    )
     # sync handlers' thread pool; 0 = 2 x workers (at most `workers` calls run at once,
     # the other half is headroom for threads stuck in handlers past their timeout)
     handler_threads: int = setting(

@@ -23,7 +23,7 @@ from ..models import Job, JobError, JobStatus, utcnow
 from ..registry import LifespanInfo, Registry
 from ..states import IllegalTransition
 from ..store import Backend, JobFilter, open_store
-from ..store.base import Settled, StoreStats
+from ..store.base import JobWatch, Settled, StoreStats, Watched
 from .dispatcher import Chunk, DispatchConfig, Dispatcher, LeaseRun
 from .events import EventHub
 from .metrics import Metrics
@@ -44,6 +44,8 @@ _BROKEN = JobError(
 )
 #: Loops stopped before the workers drain; the writer stops after them.
 _INTAKE_LOOPS = ("dispatcher", "purger", "janitor", "webhooks")
+#: Stopped after the workers: a cancel made elsewhere still stops them while they drain.
+_FEED_LOOP = "job-feed"
 
 
 def new_owner_id() -> str:
@@ -127,6 +129,7 @@ class Engine:
         sup.start("writer", self.writer.run)
         sup.start("dispatcher", self.dispatcher.run)
         sup.start("leases", self._keep_leases)
+        sup.start("job-feed", self._watch_jobs)
         sup.start("purger", self.janitor.run_purger)
         sup.start("janitor", self.janitor.run)
         # Stopped first too: undelivered messages stay in the outbox for the next start.
@@ -169,6 +172,42 @@ class Engine:
                 self.webhooks.notify()  # its terminal message may be in the outbox now
             elif job.stop_requested is not None:
                 stopping.append(job.pk)
+        if stopping:
+            self.dispatcher.stop_jobs(stopping)
+
+    # -- other processes' changes (PostgreSQL) ----------------------------------
+
+    async def _watch_jobs(self) -> None:
+        """Follow job changes other processes commit: NOTIFY, with a poll as safety net."""
+        watch = JobWatch(
+            watched=self._watched,
+            on_jobs=self.on_remote_jobs,
+            on_lag=self.metrics.notify_lag.observe,
+            poll_s=self.settings.job_poll_s,
+            listen=self.settings.pg_listen,
+        )
+        await self.store.watch_jobs(watch)
+
+    def _watched(self) -> Watched:
+        seqs, tenants = self.hub.watched()
+        return Watched(seqs, self.dispatcher.working_jobs, tenants)
+
+    def on_remote_jobs(self, jobs: list[Job]) -> None:
+        """Jobs changed by any process (this one's own commits come back too; the hub
+        ignores what it has seen): announce the ones someone here follows, stop local
+        work on stopping jobs, claim new work at once, and send webhooks that may be due.
+        The hub keeps only what it follows: each process does not hold the whole fleet's
+        histories."""
+        stopping = []
+        for job in jobs:
+            if self.hub.follows(job):
+                self.hub.publish(job)
+            if job.is_terminal:
+                self.webhooks.notify()
+            elif job.stop_requested is not None:
+                stopping.append(job.pk)
+            elif job.status is JobStatus.PENDING:
+                self.dispatcher.wake()
         if stopping:
             self.dispatcher.stop_jobs(stopping)
 
@@ -225,7 +264,7 @@ class Engine:
         await self.supervisor.stop(*_INTAKE_LOOPS)
         await self._wait_idle(self.settings.shutdown_grace_s)
         workers = [n for n in self.supervisor.names if n.startswith("worker-")]
-        await self.supervisor.stop(*workers)
+        await self.supervisor.stop(*workers, _FEED_LOOP)
         self.handler_threads.shutdown(wait=False, cancel_futures=True)  # hung ones run on
         await self._stop_writer()
         await self.supervisor.stop()

@@ -427,6 +427,25 @@ class EventHub:
                 del self._subscribers[sub.job_id]
         sub.close()
 
+    def watched(self) -> tuple[dict[str, int], set[str]]:
+        """Jobs someone here follows or may ask about (subscribed, or active in the
+        history) with the newest seq seen (0: none yet), and tenants with a stream."""
+        seqs = {job_id: 0 for job_id in self._subscribers}
+        for job_id, status in self._last_status.items():
+            if job_id in seqs or status in ("pending", "running"):
+                latest = self.latest(job_id)
+                seqs[job_id] = latest.seq if latest is not None else 0
+        return seqs, set(self._tenant_subscribers)
+
+    def follows(self, job: Job) -> bool:
+        """True when the hub has use for a change of `job` made elsewhere: it has seen
+        the job before, someone subscribed to it, or to its tenant's stream."""
+        return (
+            job.id in self._last_status
+            or job.id in self._subscribers
+            or job.tenant in self._tenant_subscribers
+        )
+
     @property
     def subscriber_count(self) -> int:
         return self._subscriber_count

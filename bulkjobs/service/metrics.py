@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 from ..store.postgres import ScaleStats
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120)
+_NOTIFY_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 _ROWS_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 
 
@@ -75,6 +76,7 @@ class Metrics:
             "bulkjobs_webhook_in_flight", "Webhook deliveries in progress.", registry=r
         )
         self._init_scale_out()
+        self._init_events_across()
 
     # -- scale-out on PostgreSQL: the pool and the leases (set at each scrape) ------
 
@@ -120,6 +122,16 @@ class Metrics:
         if grew > 0:
             self.leases_reclaimed.inc(grew)
             self._reclaimed_seen = stats.leases_reclaimed
+
+    # -- events across processes (PostgreSQL NOTIFY) --------------------------------
+
+    def _init_events_across(self) -> None:
+        self.notify_lag = Histogram(
+            "bulkjobs_notify_lag_seconds",
+            "From a job change's commit (the sender's clock) to its NOTIFY arriving here.",
+            buckets=_NOTIFY_LAG_BUCKETS,
+            registry=self.registry,
+        )
 
     def watch_webhooks(self, stats: object) -> None:
         """Export the dispatcher's cumulative attempt counts (read at each scrape)."""

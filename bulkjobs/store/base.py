@@ -177,6 +177,28 @@ class StoreStats:
     tenant_stored_items: int = 0  # the tenant's items in stored jobs, any status
 
 
+@attrs.frozen
+class Watched:
+    """What this process watches, for `Store.watch_jobs`'s poll: jobs by id with the
+    newest seq seen (0: none yet), jobs it works (their stop requests), and tenants
+    with a live stream (their new jobs)."""
+
+    seqs: Mapping[str, int] = attrs.field(factory=dict)
+    working: Collection[int] = ()
+    tenants: Collection[str] = ()
+
+
+@attrs.frozen
+class JobWatch:
+    """How `Store.watch_jobs` reports other processes' job changes to the engine."""
+
+    watched: Callable[[], Watched]
+    on_jobs: Callable[[list[Job]], None]
+    on_lag: Callable[[float], None] = lambda _seconds: None  # NOTIFY: commit -> received
+    poll_s: float = 1.0
+    listen: bool = True  # False: poll only (e.g. behind PgBouncer in transaction mode)
+
+
 class Store(Protocol):
     """What the service needs from durable storage (webhooks: `WebhookStore`)."""
 
@@ -256,6 +278,11 @@ class Store(Protocol):
     ) -> Maintenance:
         """Expire up to `expire_jobs` jobs, purge up to `purge_items` items of removed
         jobs, and drop tombstones and idempotency keys past their time."""
+        ...
+
+    async def watch_jobs(self, watch: JobWatch) -> None:
+        """Report job changes other processes commit (`watch.on_jobs`) until cancelled;
+        return at once when no other process can change this store (SQLite)."""
         ...
 
 

@@ -29,6 +29,7 @@ import attrs
 from .. import failpoints, states
 from ..models import ItemRow, ItemStatus, Job, JobError, JobStatus, NewItems, utcnow
 from ..outbox import OutboxRule
+from . import postgres_listen as listen
 from . import postgres_work as work
 from .base import (
     Beat,
@@ -38,6 +39,7 @@ from .base import (
     IdempotencyRecord,
     JobFilter,
     JobLookup,
+    JobWatch,
     Lease,
     NewJob,
     OperationLimits,
@@ -264,24 +266,26 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
                 job = await self._insert_job(db, new)
                 if new.retry_of is not None:
                     await _copy_failed(db, job, new.retry_of)
+                retried = [new.retry_of.pk] if new.retry_of is not None else []
+                await listen.notify_in(db, [job.pk, *retried])
                 if new.idempotency is not None:
                     await _insert_idempotency(db, new.idempotency)
                 failpoints.hit("insert_job")
+            adopted(new.items)
             return Created(job)
 
         created: Created = await self._retrying(attempt)
         return created
-            adopted(new.items)
 
     async def _insert_job(self, db: Conn, new: NewJob) -> Job:
         job = new.job
+        pk = staged_pk(new.items)  # staged items have their job key; else the identity
         row = await db.fetchrow(
             "INSERT INTO jobs (pk, id, tenant, operation, status, total_items, created_at,"
             " updated_at, ttl_s, seq, max_failed) VALUES (coalesce($1,"
             " nextval(pg_get_serial_sequence('jobs', 'pk'))), $2, $3, $4, $5, $6, $7, $8, $9,"
             f" 1, $10) RETURNING {JOB_COLS}",
             pk,
-        pk = staged_pk(new.items)  # staged items have their job key; else the identity
             job.id,
             job.tenant,
             job.operation,
@@ -301,10 +305,6 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
             await self._outbox.subscribe_in(db, stored.pk, job.created_at, new.webhook)
         return stored
 
-    # -- running work ----------------------------------------------------
-
-    async def claim(
-        self, owner: str, limits: Mapping[str, OperationLimits], *, lease_s: float, now: datetime
     async def _stage_begin(self) -> int:
         async with self._txn() as db:
             pk: int = await db.fetchval(
@@ -328,6 +328,10 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
         async with self._txn() as db:
             await _queue_staged(db, "job_pk = $1", pk)
 
+    # -- running work ----------------------------------------------------
+
+    async def claim(
+        self, owner: str, limits: Mapping[str, OperationLimits], *, lease_s: float, now: datetime
     ) -> Claimed:
         settled: list[Job] = []
         for _ in range(8):  # a few jobs settled on the way, then let others write
@@ -367,8 +371,11 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
                     db, job, first, span, owner, now_ms=now_ms, expires_ms=expires_ms
                 )
                 got = got if got is not None else await work.settle(db, job, now_ms)
+                if isinstance(got, Span) and got.job.status is not job.status:
+                    await listen.notify_in(db, [job.pk])  # pending -> running
             if isinstance(got, Job):
                 await self._outbox.enqueue_in(db, [got], now)
+                await listen.notify_in(db, [got.pk])
         self.leases_reclaimed += reclaimed  # counted once committed
         return got
 
@@ -385,6 +392,7 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
                     await db.execute("DELETE FROM leases WHERE pk = ANY($1::bigint[])", released)
                 jobs = await self._settle_all(db, jobs, {r.job_pk for r in kept}, now_ms)
                 grew = await self._outbox.enqueue_in(db, jobs, now)
+                await listen.notify_in(db, [j.pk for j in jobs])
                 failpoints.hit("commit")
             return jobs, owned, grew
 
@@ -419,6 +427,7 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
                 failpoints.hit("cancel")
                 job = await work.settle(db, job, now_ms)
                 await self._outbox.enqueue_in(db, [job], now)
+                await listen.notify_in(db, [job.pk])
             return job
 
         stopped: Job = await self._retrying(attempt)
@@ -442,15 +451,6 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
             )
         return Beat(work.count(done), frozenset(r[0] for r in found))
 
-    # -- reads -----------------------------------------------------------
-
-    async def find_job(
-        self, job_id: str | None = None, *, idempotency: tuple[str, str] | None = None
-    ) -> JobLookup:
-        async with self._conn() as db:
-            if idempotency is not None:
-                row = await db.fetchrow(_SELECT_IDEMPOTENCY, *idempotency)
-                return JobLookup(idempotency=_idempotency_from_row(row) if row else None)
     # -- other processes' changes (NOTIFY / LISTEN, polling) ---------------
 
     async def watch_jobs(self, watch: JobWatch) -> None:
@@ -464,6 +464,15 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
         settings = {"application_name": f"{listen.APPLICATION_NAME}:{os.getpid()}"}
         return await asyncpg.connect(self.url, server_settings=settings, timeout=10, **extra)
 
+    # -- reads -----------------------------------------------------------
+
+    async def find_job(
+        self, job_id: str | None = None, *, idempotency: tuple[str, str] | None = None
+    ) -> JobLookup:
+        async with self._conn() as db:
+            if idempotency is not None:
+                row = await db.fetchrow(_SELECT_IDEMPOTENCY, *idempotency)
+                return JobLookup(idempotency=_idempotency_from_row(row) if row else None)
             row = await db.fetchrow(
                 f"SELECT {JOB_COLS}, (SELECT retry_of FROM job_retries WHERE job_id = jobs.id),"
                 " (SELECT job_id FROM job_retries WHERE retry_of = jobs.id"
@@ -571,6 +580,9 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
 
     async def _sweep(self, now: datetime) -> int:
         async with self._txn() as db:
+            # an upload whose process died: nothing renewed its items for an hour
+            stale = to_ms(now) - STALE_UPLOAD_S * 1000
+            await _queue_staged(db, "renewed_at < $1", stale)
             a = await db.execute("DELETE FROM tombstones WHERE keep_until <= $1", to_ms(now))
             b = await db.execute("DELETE FROM idempotency_keys WHERE expires_at <= $1", to_ms(now))
         return work.count(a) + work.count(b)
@@ -580,9 +592,6 @@ _AND_ACTIVE = " AND status IN ('pending', 'running')"
 
 _SELECT_IDEMPOTENCY = (
     "SELECT tenant, key, request_hash, job_id, created_at, expires_at"
-            # an upload whose process died: nothing renewed its items for an hour
-            stale = to_ms(now) - STALE_UPLOAD_S * 1000
-            await _queue_staged(db, "renewed_at < $1", stale)
     " FROM idempotency_keys WHERE tenant = $1 AND key = $2"
 )
 
@@ -659,6 +668,28 @@ async def _purge_job_rows(db: Conn, job_pk: int) -> None:
     )
     await db.execute("DELETE FROM webhook_subscriptions WHERE job_pk = $1", job_pk)
     await db.execute("DELETE FROM purge_queue WHERE job_pk = $1", job_pk)
+
+
+#: Staged items of an upload not renewed for this long belong to a dead process.
+STALE_UPLOAD_S = 3600
+
+
+async def _copy_items(db: Conn, pk: int, first_idx: int, items: NewItems) -> None:
+    if len(items):
+        ids = items.ids if len(items.ids) else itertools.repeat(None)
+        records = zip(itertools.repeat(pk), itertools.count(first_idx), ids, items.payloads)
+        await db.copy_records_to_table(
+            "items", records=records, columns=("job_pk", "idx", "item_id", "payload")
+        )
+
+
+async def _queue_staged(db: Conn, where: str, arg: int) -> None:
+    """Hand staged items to the purge queue (deleted in small batches) and forget them."""
+    await db.execute(
+        f"WITH gone AS (DELETE FROM staging WHERE {where} RETURNING job_pk)"
+        " INSERT INTO purge_queue (job_pk) SELECT job_pk FROM gone ON CONFLICT DO NOTHING",
+        arg,
+    )
 
 
 def _idempotency_from_row(row: Sequence[Any]) -> IdempotencyRecord:

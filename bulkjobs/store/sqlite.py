@@ -31,12 +31,13 @@ from .base import (
     IdempotencyRecord,
     JobFilter,
     JobLookup,
+    JobWatch,
     Lease,
     NewJob,
     OperationLimits,
     Settled,
-    StoreStats,
     Staging,
+    StoreStats,
     Tombstone,
 )
 from .common import BackendBase, Span, adopted, staged_pk
@@ -88,10 +89,10 @@ class SQLiteStore(BackendBase[SQLiteWebhooks]):
             # One process owns the file, so no lease can be held by anyone alive: all
             # of them are claimable now, instead of after they expire.
             await db.execute("UPDATE leases SET expires_at = 0")
-            await db.execute(
             # Uploads cut short by the last stop are not jobs: their items go.
             await db.execute("INSERT OR IGNORE INTO purge_queue SELECT job_pk FROM staging")
             await db.execute("DELETE FROM staging")
+            await db.execute(
                 "INSERT OR IGNORE INTO secrets (name, value) VALUES ('events_token', ?)",
                 (os.urandom(32),),
             )
@@ -106,6 +107,11 @@ class SQLiteStore(BackendBase[SQLiteWebhooks]):
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+    async def watch_jobs(self, watch: JobWatch) -> None:
+        """Nothing to watch: the file is this process's alone (`flock`), so every change
+        of a job is one this process committed and announced itself."""
+        return
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -171,22 +177,16 @@ class SQLiteStore(BackendBase[SQLiteWebhooks]):
                 if row is not None and row[5] > to_ms(new.job.created_at):
                     return Created(None, _idempotency_from_row(row))
             job = await self._insert_job(db, new.job, new.items, new.webhook)
+            if staged_pk(new.items) is not None:
+                await db.execute("DELETE FROM staging WHERE job_pk = ?", (job.pk,))
             if new.retry_of is not None:
                 await _copy_failed(db, job.pk, job, new.retry_of)
             if new.idempotency is not None:
                 await _insert_idempotency(db, new.idempotency)
             failpoints.hit("insert_job")  # crash tests: job and items written, not committed
-        return Created(job)
-            if staged_pk(new.items) is not None:
-                await db.execute("DELETE FROM staging WHERE job_pk = ?", (job.pk,))
-
-    async def _insert_job(
-        self,
-        db: aiosqlite.Connection,
-        job: Job,
         adopted(new.items)
-        items: NewItems | Staging,
-        webhook: NewWebhook | None = None,
+        return Created(job)
+
     async def _stage_begin(self) -> int:
         async with self._txn() as db:
             row = await work.one(
@@ -207,7 +207,15 @@ class SQLiteStore(BackendBase[SQLiteWebhooks]):
             await db.execute("INSERT OR IGNORE INTO purge_queue (job_pk) VALUES (?)", (pk,))
             await db.execute("DELETE FROM staging WHERE job_pk = ?", (pk,))
 
+    async def _insert_job(
+        self,
+        db: aiosqlite.Connection,
+        job: Job,
+        items: NewItems | Staging,
+        webhook: NewWebhook | None = None,
     ) -> Job:
+        # staged items already have their job key; a new one is the high water + 1
+        pk = staged_pk(items)
         row = await work.one(
             db,
             "INSERT INTO jobs (pk, id, tenant, operation, status, total_items, created_at,"
@@ -215,15 +223,13 @@ class SQLiteStore(BackendBase[SQLiteWebhooks]):
             " (coalesce(?, (SELECT pk + 1 FROM job_pk_high_water)),"
             f" ?, ?, ?, ?, ?, ?, ?, ?, 1, ?) RETURNING {JOB_COLS}",
             (
-        # staged items already have their job key; a new one is the high water + 1
-        pk = staged_pk(items)
+                pk,
                 job.id,
                 job.tenant,
                 job.operation,
                 job.status.value,
                 job.total_items,
                 to_ms(job.created_at),
-                pk,
                 to_ms(job.updated_at),
                 job.ttl_s,
                 job.max_failed,
@@ -506,12 +512,6 @@ async def _remove(
     await db.execute("DELETE FROM job_retries WHERE job_id = ?", (job.id,))
 
 
-async def _insert_idempotency(db: aiosqlite.Connection, record: IdempotencyRecord) -> None:
-    await db.execute(
-        "INSERT OR REPLACE INTO idempotency_keys (tenant, key, request_hash, job_id,"
-        " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            record.tenant,
 async def _insert_items(db: aiosqlite.Connection, pk: int, first_idx: int, items: NewItems) -> None:
     if len(items):
         await db.executemany(
@@ -520,6 +520,12 @@ async def _insert_items(db: aiosqlite.Connection, pk: int, first_idx: int, items
         )
 
 
+async def _insert_idempotency(db: aiosqlite.Connection, record: IdempotencyRecord) -> None:
+    await db.execute(
+        "INSERT OR REPLACE INTO idempotency_keys (tenant, key, request_hash, job_id,"
+        " created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            record.tenant,
             record.key,
             record.request_hash,
             record.job_id,
