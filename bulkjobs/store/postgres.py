@@ -29,6 +29,7 @@ import attrs
 from .. import failpoints, states
 from ..models import ItemRow, ItemStatus, Job, JobError, JobStatus, NewItems, utcnow
 from ..outbox import OutboxRule
+from . import postgres_listen as listen
 from . import postgres_work as work
 from .base import (
     Beat,
@@ -38,6 +39,7 @@ from .base import (
     IdempotencyRecord,
     JobFilter,
     JobLookup,
+    JobWatch,
     Lease,
     NewJob,
     OperationLimits,
@@ -264,6 +266,8 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
                 job = await self._insert_job(db, new)
                 if new.retry_of is not None:
                     await _copy_failed(db, job, new.retry_of)
+                retried = [new.retry_of.pk] if new.retry_of is not None else []
+                await listen.notify_in(db, [job.pk, *retried])
                 if new.idempotency is not None:
                     await _insert_idempotency(db, new.idempotency)
                 failpoints.hit("insert_job")
@@ -367,8 +371,11 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
                     db, job, first, span, owner, now_ms=now_ms, expires_ms=expires_ms
                 )
                 got = got if got is not None else await work.settle(db, job, now_ms)
+                if isinstance(got, Span) and got.job.status is not job.status:
+                    await listen.notify_in(db, [job.pk])  # pending -> running
             if isinstance(got, Job):
                 await self._outbox.enqueue_in(db, [got], now)
+                await listen.notify_in(db, [got.pk])
         self.leases_reclaimed += reclaimed  # counted once committed
         return got
 
@@ -385,6 +392,7 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
                     await db.execute("DELETE FROM leases WHERE pk = ANY($1::bigint[])", released)
                 jobs = await self._settle_all(db, jobs, {r.job_pk for r in kept}, now_ms)
                 grew = await self._outbox.enqueue_in(db, jobs, now)
+                await listen.notify_in(db, [j.pk for j in jobs])
                 failpoints.hit("commit")
             return jobs, owned, grew
 
@@ -419,6 +427,7 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
                 failpoints.hit("cancel")
                 job = await work.settle(db, job, now_ms)
                 await self._outbox.enqueue_in(db, [job], now)
+                await listen.notify_in(db, [job.pk])
             return job
 
         stopped: Job = await self._retrying(attempt)
@@ -441,6 +450,19 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
                 owner,
             )
         return Beat(work.count(done), frozenset(r[0] for r in found))
+
+    # -- other processes' changes (NOTIFY / LISTEN, polling) ---------------
+
+    async def watch_jobs(self, watch: JobWatch) -> None:
+        """Report other processes' job changes until cancelled (see `postgres_listen`)."""
+        assert self._pool is not None, "store is not open"
+        await listen.JobFeed(self._pool, self._connect_listener, watch).run()
+
+    async def _connect_listener(self) -> Any:
+        """A connection of its own (not from the pool) for LISTEN."""
+        extra = {"password": self._password} if self._password else {}
+        settings = {"application_name": f"{listen.APPLICATION_NAME}:{os.getpid()}"}
+        return await asyncpg.connect(self.url, server_settings=settings, timeout=10, **extra)
 
     # -- reads -----------------------------------------------------------
 

@@ -31,6 +31,7 @@ from .base import (
     IdempotencyRecord,
     JobFilter,
     JobLookup,
+    JobWatch,
     Lease,
     NewJob,
     OperationLimits,
@@ -106,6 +107,11 @@ class SQLiteStore(BackendBase[SQLiteWebhooks]):
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+    async def watch_jobs(self, watch: JobWatch) -> None:
+        """Nothing to watch: the file is this process's alone (`flock`), so every change
+        of a job is one this process committed and announced itself."""
+        return
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
