@@ -3,13 +3,15 @@ flat however large the job is. Encoding is the web layer's business."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncGenerator
 
 from ..errors import BulkJobsError
 from ..models import ItemRow, ItemStatus, Job
 from ..store import Store
 
-PAGE_ROWS = 2000
+PAGE_ROWS = 4000  # one page: ~1-2 ms of encoding on the loop, ~1 MB of records
 
 
 def parse_status_filter(value: str | None) -> ItemStatus | None:
@@ -41,12 +43,29 @@ def require_downloadable(job: Job, partial: bool) -> None:
 async def result_pages(
     store: Store, job: Job, status: ItemStatus | None, page_rows: int = PAGE_ROWS
 ) -> AsyncGenerator[list[ItemRow], None]:
-    """Pages of raw outcomes in request order, from the store's reader connection."""
-    after = -1
-    while True:
-        rows = await store.list_items(job.pk, status=status, after_index=after, limit=page_rows)
-        if rows:
-            yield rows
-        if len(rows) < page_rows:
-            return
-        after = rows[-1].idx
+    """Pages of raw outcomes in request order, from the store's reader connection.
+
+    The next page is read while the caller encodes and sends this one (one page ahead,
+    no more: memory stays flat): the reader's thread and the loop work at the same
+    time instead of in turn."""
+
+    def read(after: int) -> asyncio.Task[list[ItemRow]]:
+        return asyncio.ensure_future(
+            store.list_items(job.pk, status=status, after_index=after, limit=page_rows)
+        )
+
+    ahead = read(-1)
+    try:
+        while True:
+            rows = await ahead
+            if len(rows) == page_rows:
+                ahead = read(rows[-1].idx)
+            if rows:
+                yield rows
+            if len(rows) < page_rows:
+                return
+    finally:
+        if not ahead.done():
+            ahead.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ahead
