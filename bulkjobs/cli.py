@@ -237,6 +237,7 @@ def run_worker(settings: Settings) -> int:
 
     from .registry import load_registry
     from .service.engine import Engine
+    from .store.postgres import redact
     from .web.representation import job_json
 
     base = settings.base_path  # webhook bodies carry the same links as HTTP answers
@@ -250,7 +251,8 @@ def run_worker(settings: Settings) -> int:
             loop.add_signal_handler(signum, stop.set)
         await engine.start()
         log = logging.getLogger("bulkjobs")
-        log.info("worker-only (--no-http): %d workers on %r", settings.workers, engine.store)
+        where = redact(settings.db_path)
+        log.info("worker-only (--no-http): %d workers on %s", settings.workers, where)
         try:
             await stop.wait()
             log.info("stopping: draining work in flight")
