@@ -166,7 +166,8 @@ BUSY = (
 SUBMIT_ERRORS = (
     f"malformed_json invalid_idempotency_key {MISSING} payload_too_large too_many_items"
     " unsupported_media_type unsupported_content_encoding validation_error invalid_ttl"
-    " unknown_operation too_many_uploads idempotency_key_reused webhook_url_forbidden webhook_url_unresolvable"
+    " unknown_operation too_many_uploads idempotency_key_reused webhook_url_forbidden"
+    " webhook_url_unresolvable"
     f" webhooks_not_configured request_timeout {BUSY}"
 )
 NDJSON_BODY = "One item per line; `operation` and `ttl_seconds` go in the query string"
