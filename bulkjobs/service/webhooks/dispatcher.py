@@ -48,7 +48,7 @@ USER_AGENT = "bulkjobs-webhooks/1"
 _SCAN_PAGE = 200
 _MAX_SCAN = 5000
 _MAX_IDLE_S = 60.0
-_MIN_TAKE_S = 30.0
+_MIN_TAKE_S = 10.0
 
 
 @attrs.frozen
