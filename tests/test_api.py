@@ -217,7 +217,7 @@ async def test_operations_describe_schema_and_limits(client: TestClient) -> None
         "delivered",
         "cancelled",
     ]
-    assert orders["limits"]["batch_size"] == 200
+    assert orders["limits"]["batch_size"] == 1000
     assert "order_not_found" in orders["item_error_codes"]
     assert ops["slow"]["limits"]["timeout_s"] == 0.05
 
