@@ -10,7 +10,12 @@ Each part starts its own real `bulkjobs serve` (temp SQLite file, demo operation
            against a hello-world aiohttp app polled the same way in the same run;
   results  bench_results.py: results download, NDJSON and CSV, records/s and RSS;
   peer     bench_peer_huey.py: update_orders_status without bulkjobs, one huey task per
-           item (SqliteHuey, 4 threads, results stored); needs `pip install -e '.[bench]'`.
+           item (SqliteHuey, 4 threads, results stored); needs `pip install -e '.[bench]'`;
+  intake   bench_intake.py (issue 12): 1,000,000-item JSON and NDJSON submits -> 202,
+           the server's peak RSS over submit and job, idle RSS, the longest pause of a
+           running job's commits during an upload (hostile bodies and the 10M job:
+           run bench_intake.py itself).
+PostgreSQL scale-out (issue 11) has its own script, bench_scale.py (it starts a cluster).
 --quick (or BULKJOBS_BENCH_QUICK=1) is a smoke run: one run of each, small sizes; its
 figures are not comparable with the targets. The machine is shared: read the medians
 and the ratios measured back to back, and re-run on a quiet machine for the record.
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_core
+import bench_intake
 import bench_poll
 import bench_results
 from common import ROOT, median
@@ -37,8 +43,10 @@ Row = tuple[str, str, str, str, bool]
 
 def _sizes(quick: bool) -> dict[str, int]:
     if quick:
-        return {"core": 20_000, "poll": 200_000, "results": 200_000, "peer": 5_000}
-    return {"core": 100_000, "poll": 1_000_000, "results": 1_000_000, "peer": 100_000}
+        return {"core": 20_000, "poll": 200_000, "results": 200_000, "peer": 5_000,
+                "intake": 100_000}  # fmt: skip
+    return {"core": 100_000, "poll": 1_000_000, "results": 1_000_000, "peer": 100_000,
+            "intake": 1_000_000}  # fmt: skip
 
 
 async def run_core(runs: int, n: int, rows: list[Row], raw: dict[str, Any]) -> None:
@@ -108,6 +116,32 @@ async def run_peer(runs: int, n: int, rows: list[Row], raw: dict[str, Any]) -> N
     )  # fmt: skip
 
 
+async def run_intake(runs: int, n: int, rows: list[Row], raw: dict[str, Any]) -> None:
+    got = {
+        kind: [await bench_intake.one_submit(n, kind == "NDJSON", []) for _ in range(runs)]
+        for kind in ("JSON", "NDJSON")
+    }
+    gaps = [(await bench_intake.commit_gaps(n))["max_gap_ms"] for _ in range(runs)]
+    raw["intake"] = {**got, "max_gap_ms": gaps}
+    for kind, out in got.items():
+        secs = median([r["submit_s"] for r in out])
+        peak = median([r["peak_job_mb"] for r in out])
+        rows += [
+            (f"{n:,}-item {kind} submit -> 202", "parse ~2.5 us/item + insert in batches",
+             f"{secs:.2f} s", "<= 3 s", secs <= 3),
+            (f"server peak RSS, {kind} submit and the whole job", "idle RSS + batches",
+             f"{peak:.0f} MB", "<= 150 MB", peak <= 150),
+        ]  # fmt: skip
+    idle = median([r["idle_mb"] for out in got.values() for r in out])
+    gap = median(gaps)
+    rows += [
+        ("idle RSS after start", "Python + aiohttp + imports", f"{idle:.0f} MB", "<= 60 MB",
+         idle <= 60),
+        ("longest pause of a running job's commits during an upload", "one staged batch",
+         f"{gap:.0f} ms", "<= 250 ms", gap <= 250),
+    ]  # fmt: skip
+
+
 def print_table(rows: list[Row]) -> None:
     head = ("figure", "limit here", "value (median)", "target", "ok?")
     table = [head, *[(f, lim, v, t, "yes" if ok else "NO") for f, lim, v, t, ok in rows]]
@@ -124,14 +158,20 @@ async def main() -> None:
     parser.add_argument("--peer-runs", type=int, default=1, help="huey runs (~100 s each)")
     parser.add_argument("--quick", action="store_true", default=bool(os.environ.get(
         "BULKJOBS_BENCH_QUICK")), help="smoke run: 1 run, small sizes")  # fmt: skip
-    parser.add_argument("--only", default="core,poll,results,peer")
+    parser.add_argument("--only", default="core,poll,results,peer,intake")
     parser.add_argument("--json", help="also write the raw figures here")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
     sizes = _sizes(args.quick)
     rows: list[Row] = []
     raw: dict[str, Any] = {"quick": args.quick, "runs": runs}
-    parts = {"core": run_core, "poll": run_poll, "results": run_results, "peer": run_peer}
+    parts = {
+        "core": run_core,
+        "poll": run_poll,
+        "results": run_results,
+        "peer": run_peer,
+        "intake": run_intake,
+    }
     for name in args.only.split(","):
         n_runs = args.peer_runs if name == "peer" else runs
         print(f"... {name}", file=sys.stderr, flush=True)
