@@ -516,7 +516,7 @@ class PostgresStore(BackendBase[PostgresWebhooks]):
         )
         async with self._conn() as db:
             rows = await db.fetch(sql, job_pk, after_index, limit)
-        return [ItemRow(*r) for r in rows]
+        return list(map(ItemRow._make, rows))
 
     async def stats(self, tenant: str | None = None) -> StoreStats:
         async with self._conn() as db:

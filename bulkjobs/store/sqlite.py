@@ -413,7 +413,7 @@ class SQLiteStore(BackendBase[SQLiteWebhooks]):
             f" FROM items WHERE job_pk = ? AND idx > ?{extra} ORDER BY idx LIMIT ?"
         )
         async with self._r.execute(sql, (job_pk, after_index, limit)) as cur:
-            return [ItemRow(*r) for r in await cur.fetchall()]
+            return list(map(ItemRow._make, await cur.fetchall()))
 
     async def stats(self, tenant: str | None = None) -> StoreStats:
         sql = (
