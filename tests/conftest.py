@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +12,35 @@ from bulkjobs.registry import Registry
 from bulkjobs.web import create_app
 from bulkjobs.web.accesslog import AccessLogger
 from tests.openapi_contract import ApiContract
-from tests.pg_support import pg_cluster, pg_url  # noqa: F401  (fixtures: PostgreSQL tests)
+from tests.pg_support import (  # noqa: F401  (fixtures: PostgreSQL tests)
+    create_database,
+    drop_database,
+    pg_cluster,
+    pg_url,
+)
 from tests.support import Gate, make_registry
 
 ClientFactory = Callable[..., Awaitable[TestClient]]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `both_backends` run once on SQLite and once on PostgreSQL."""
+    if "db_path" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_backends"
+    ):
+        metafunc.parametrize("db_path", ["sqlite", "postgres"], indirect=True)
+
+
 @pytest.fixture
-def db_path(tmp_path: Path) -> str:
-    return str(tmp_path / "jobs.sqlite3")
+async def db_path(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The store of a test: a SQLite file, or (param "postgres") a fresh database."""
+    if getattr(request, "param", "sqlite") != "postgres":
+        yield str(tmp_path / "jobs.sqlite3")
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    url = await create_database(cluster)
+    yield url
+    await drop_database(cluster, url)
 
 
 @pytest.fixture
@@ -45,9 +65,12 @@ def api_contract() -> Iterator[ApiContract]:
 
 @pytest.fixture
 def make_client(
-    aiohttp_client: Any, settings: Settings, gate: Gate, api_contract: ApiContract
+    settings: Settings, gate: Gate, api_contract: ApiContract, aiohttp_client: Any
 ) -> ClientFactory:
-    """Start a real app (real SQLite file under tmp_path) with optional setting overrides."""
+    """Start a real app (real SQLite file under tmp_path, or a PostgreSQL database for
+    `both_backends` tests) with optional setting overrides.
+
+    `settings` (so its store) comes first: set up before the client, torn down after."""
 
     async def factory(registry: Registry | None = None, **overrides: Any) -> TestClient:
         s = Settings(**{**_asdict(settings), **overrides})

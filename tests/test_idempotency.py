@@ -12,6 +12,8 @@ from aiohttp.test_utils import TestClient
 from bulkjobs.models import utcnow
 from bulkjobs.web.keys import ENGINE
 
+pytestmark = pytest.mark.both_backends  # the store's answers, on each backend
+
 BODY = {"operation": "echo", "items": [{"n": 1}, {"n": 2}]}
 
 

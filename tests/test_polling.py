@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.support import Gate, submit, wait_terminal
 from tests.test_sse import blocked_job, wait_running
+
+pytestmark = pytest.mark.both_backends  # the store's answers, on each backend
 
 
 async def test_unchanged_etag_gets_304_without_a_body(client: TestClient, gate: Gate) -> None:

@@ -12,6 +12,8 @@ from aiohttp.test_utils import TestClient
 
 from tests.support import Gate, submit, wait_terminal
 
+pytestmark = pytest.mark.both_backends  # the store's answers, on each backend
+
 TRICKY_ID = 'a,"b"\nc'
 
 

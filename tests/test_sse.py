@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import attrs
+import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient
 
@@ -16,6 +17,8 @@ from bulkjobs.web.keys import ENGINE
 from tests.conftest import ClientFactory
 from tests.sse_support import next_event, read_events, read_message
 from tests.support import Gate, submit, wait_terminal
+
+pytestmark = pytest.mark.both_backends  # the store's answers, on each backend
 
 
 async def wait_running(client: TestClient, job_id: str) -> Job:
