@@ -122,7 +122,7 @@ class JobService:
         if form.length is not None and form.length <= THREAD_INTAKE_BYTES:
             self._take_rate(tenant)
             return await self._receive_small(body, form, tenant, key)
-        with self._uploads.take(tenant):  # a bounded number of big uploads at once
+        with self._uploads.hold(tenant):  # a bounded number of big uploads at once
             self._take_rate(tenant)
             await self._admit(tenant, 1)  # refuse before reading what could not be stored
             return await self._receive(body, form, tenant, key)

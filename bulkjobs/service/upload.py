@@ -10,15 +10,14 @@ jobs' commits interleave with the upload and memory stays at a batch or two.
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
-import contextlib
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from ..errors import BulkJobsError
 from ..models import NewItems
 from ..store import Staging
+from .slots import Slots
 
 T = TypeVar("T")
 
@@ -30,42 +29,22 @@ class BodySource(Protocol):
     async def read(self) -> bytes: ...
 
 
-class UploadSlots:
-    """At most `total` bodies read at once, and `per_tenant` of them for one tenant.
+class UploadSlots(Slots):
+    """Big bodies being received: refused at once, before a byte of the body is read,
+    with 429 `too_many_uploads` past the tenant's cap and 503 `server_busy` past the
+    server's."""
 
-    Excess is refused at once, before a byte of the body is read: 503 `server_busy`
-    for the server, 429 `too_many_uploads` for a tenant."""
+    def tenant_full(self, mine: int) -> BulkJobsError:
+        return BulkJobsError(
+            "too_many_uploads",
+            f"{mine} of your uploads are being received, your limit; retry when one is done.",
+            retry_after_s=1,
+        )
 
-    def __init__(self, total: int, per_tenant: int) -> None:
-        self.total = total
-        self.per_tenant = per_tenant
-        self.active = 0
-        self._tenants: collections.Counter[str] = collections.Counter()
-
-    @contextlib.contextmanager
-    def take(self, tenant: str) -> Iterator[None]:
-        if self.active >= self.total:
-            raise BulkJobsError(
-                "server_busy",
-                f"{self.active} uploads are being received; retry shortly.",
-                retry_after_s=1,
-            )
-        if self.per_tenant and self._tenants[tenant] >= self.per_tenant:
-            raise BulkJobsError(
-                "too_many_uploads",
-                f"{self._tenants[tenant]} of your uploads are being received"
-                f" (at most {self.per_tenant} at once); retry when one is done.",
-                retry_after_s=1,
-            )
-        self.active += 1
-        self._tenants[tenant] += 1
-        try:
-            yield
-        finally:
-            self.active -= 1
-            self._tenants[tenant] -= 1
-            if not self._tenants[tenant]:
-                del self._tenants[tenant]
+    def server_full(self) -> BulkJobsError:
+        return BulkJobsError(
+            "server_busy", "Too many uploads are being received; retry shortly.", retry_after_s=1
+        )
 
 
 class Aborted(Exception):
