@@ -203,7 +203,7 @@ async def test_cancel_mid_job_keeps_finished_and_running_items(
 async def test_cancel_pending_job_and_delete(make_client: object, gate: Gate) -> None:
     client: TestClient = await make_client()  # type: ignore[operator]
     blocker = await submit(client, "gated", [{"n": 1}, {"n": 2}])
-    await gate.entered.wait()
+    await gate.wait_started(2)  # both of its items hold the operation's two slots
     # concurrency=2 is used up by the blocker: this job stays pending
     body = await submit(client, "gated", [{"n": 3}])
     resp = await client.delete(f"/bulk-jobs/{body['id']}")
