@@ -28,7 +28,15 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
-from common import cpu_seconds, job_body, median, post_job, rss_mb, running_server
+from common import (
+    cpu_seconds,
+    job_body,
+    median,
+    parse_head,
+    post_job,
+    rss_mb,
+    running_server,
+)
 
 TERMINAL = ("completed", "failed", "cancelled")
 Scenario = Callable[[aiohttp.ClientSession, str, str, dict[str, Any]], Awaitable[None]]
@@ -96,7 +104,7 @@ async def one_poller(
             started = time.perf_counter()
             condition = f"If-None-Match: {tag}\r\n" if tag else ""
             writer.write(f"{request}{condition}\r\n".encode())
-            status, headers = _parse_head(await reader.readuntil(b"\r\n\r\n"))
+            status, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             latencies.append(time.perf_counter() - started)
             tag = headers["etag"]
@@ -106,16 +114,6 @@ async def one_poller(
     finally:
         writer.close()
         await writer.wait_closed()
-
-
-def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), headers
 
 
 async def polling(http: aiohttp.ClientSession, url: str, job_id: str, out: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ from common import (
     free_port,
     job_body,
     median,
+    parse_head,
     percentile,
     post_job,
     running_server,
@@ -64,16 +65,6 @@ async def hello_server() -> AsyncIterator[str]:
         await proc.wait()
 
 
-def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), headers
-
-
 async def poller(url: str, path: str, latencies: list[float], stop: asyncio.Event) -> None:
     """Poll `path` until `stop`, paced by Retry-After, with If-None-Match."""
     host, port = url.removeprefix("http://").split(":")
@@ -90,7 +81,7 @@ async def poller(url: str, path: str, latencies: list[float], stop: asyncio.Even
             started = time.perf_counter()
             condition = f"If-None-Match: {tag}\r\n" if tag else ""
             writer.write(f"{request}{condition}\r\n".encode())
-            status, headers = _parse_head(await reader.readuntil(b"\r\n\r\n"))
+            status, headers = parse_head(await reader.readuntil(b"\r\n\r\n"))
             await reader.readexactly(int(headers.get("content-length", "0")))
             latencies.append(time.perf_counter() - started)
             tag = headers.get("etag", "")

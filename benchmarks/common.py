@@ -41,6 +41,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """(status, lower-cased headers) of a raw HTTP/1.1 response head."""
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
