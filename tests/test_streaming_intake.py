@@ -237,3 +237,25 @@ async def test_an_abandoned_upload_is_discarded(client: TestClient, db_path: str
         while rows(db_path, "SELECT count(*) FROM staging") != [(0,)]:  # noqa: ASYNC110
             await asyncio.sleep(0.05)  # the server notices the reset on its own time
     assert (await (await client.get("/bulk-jobs")).json())["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b'{"operation": "echo", "items": [{"n": ' + b"9" * 5000 + b"}]}", 400, "malformed_json"),
+        (b'{"operation": "echo", "ttl_seconds": ' + b"9" * 5000 + b', "items": [{"n": 1}]}', 400,
+         "malformed_json"),
+        ('{"operation": "echo", "ttl_seconds": "²", "items": [{"n": 1}]}'.encode(), 422,
+         "invalid_ttl"),
+        (b'{"operation": "echo", "items": [{"n": 1, "id": "\\ud800"}]}', 400, "malformed_json"),
+        (b'{"operation": "echo", "items": [{"n": 1e400}]}', 400, "malformed_json"),
+        (b'\xff\xfe{"operation": "echo"}', 400, "malformed_json"),
+        (b'{"operation": "echo", "items": [{"n": 1, "id": "\xc3"}]}', 400, "malformed_json"),
+    ],
+)  # fmt: skip
+async def test_odd_bytes_are_refused_while_streaming(
+    client: TestClient, db_path: str, body: bytes, status: int, code: str
+) -> None:
+    resp = await client.post("/bulk-jobs", data=chunked(body, 5), headers=JSON)
+    await problem(resp, status, code)
+    assert rows(db_path, "SELECT count(*) FROM staging") == [(0,)]
